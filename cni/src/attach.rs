@@ -1,0 +1,681 @@
+//! The CNI verbs as virtlink-cni performs them: select networks, call the
+//! delegates, keep state, report network-status, clean up.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use netattach::selection::{self, NetworkSelection};
+use netattach::status::NetworkStatus;
+use netattach::{DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
+use serde_json::{Map, Value};
+
+use crate::config::{ClusterNetwork, NetConf};
+use crate::delegate::{self, Invocation, NetworkList, Resolved};
+use crate::source::{PodInfo, Source};
+use crate::spec::{code, CniError, CniResult, Env, Version};
+use crate::state::{Attachment, PodRecord, Store};
+
+type Result<T> = std::result::Result<T, CniError>;
+
+fn state_err(e: crate::state::Error) -> CniError {
+    CniError::new(code::IO_FAILURE, crate::error_chain(&e))
+}
+
+/// A network chosen for the pod, resolved to a delegate, before ADD.
+#[derive(Debug)]
+struct Planned {
+    network: String,
+    ifname: String,
+    is_default: bool,
+    resolved: Resolved,
+    runtime_config: Map<String, Value>,
+    default_route: Vec<String>,
+}
+
+/// Pod identity from `CNI_ARGS`.
+fn pod_ref(env: &Env) -> Option<(String, String)> {
+    Some((
+        env.arg("K8S_POD_NAMESPACE")?.to_string(),
+        env.arg("K8S_POD_NAME")?.to_string(),
+    ))
+}
+
+/// ADD: attach every selected network, or none.
+pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
+    if !Path::new(&env.netns).exists() {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {:?} does not exist", env.netns),
+        ));
+    }
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock(false).map_err(state_err)?;
+
+    // A repeated ADD (e.g. a runtime retry after a timeout) starts clean.
+    if store
+        .load(&env.container_id, &env.ifname)
+        .map_err(state_err)?
+        .is_some()
+    {
+        tracing::info!(container = %env.container_id, "ADD for a known attachment: deleting the old one first");
+        del_record(
+            env,
+            &store,
+            &env.container_id,
+            &env.ifname,
+            Some(env.netns.as_str()),
+        )?;
+    }
+
+    let source = Source::from_conf(conf).map_err(|e| e.into_cni())?;
+    let pod = lookup_pod(env, &source)?;
+    let plan = plan(env, conf, &source, pod.as_ref())?;
+
+    let mut record = PodRecord {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone(),
+        cni_args: env.args.clone(),
+        cni_version: conf.cni_version.to_string(),
+        network_name: conf.name.clone(),
+        pod_namespace: pod.as_ref().map(|p| p.namespace.clone()),
+        pod_name: pod.as_ref().map(|p| p.name.clone()),
+        pod_uid: pod.as_ref().and_then(|p| p.uid.clone()),
+        attachments: Vec::new(),
+    };
+
+    let mut results = Vec::with_capacity(plan.len());
+    for p in &plan {
+        // Recorded before the delegate runs, so a crash leaves enough for DEL.
+        record.attachments.push(Attachment {
+            network: p.network.clone(),
+            ifname: p.ifname.clone(),
+            is_default: p.is_default,
+            delegate: p.resolved.list.clone(),
+            runtime_config: p.runtime_config.clone(),
+            result: None,
+            device_info: None,
+        });
+        if let Err(e) = store.save(&record) {
+            rollback(env, &store, &record);
+            return Err(state_err(e));
+        }
+        let inv = Invocation {
+            container_id: &env.container_id,
+            netns: &env.netns,
+            ifname: &p.ifname,
+            args: &env.args,
+            path: &env.path,
+        };
+        let outcome = p
+            .resolved
+            .add(&inv, &p.runtime_config)
+            .and_then(|raw| CniResult::from_json(raw.clone()).map(|r| (raw, r)));
+        match outcome {
+            Ok((raw, parsed)) => {
+                if let Some(last) = record.attachments.last_mut() {
+                    last.result = Some(raw);
+                }
+                results.push(parsed);
+            }
+            Err(e) => {
+                rollback(env, &store, &record);
+                return Err(e.context(format!(
+                    "network {} (interface {}) ADD",
+                    p.network, p.ifname
+                )));
+            }
+        }
+    }
+    if let Err(e) = store.save(&record) {
+        rollback(env, &store, &record);
+        return Err(state_err(e));
+    }
+
+    let finish = || -> Result<()> {
+        let route_owner = apply_default_routes(env, &plan, &results)?;
+        let statuses = network_statuses(&plan, &results, route_owner);
+        if let Some(pod) = &pod {
+            write_status_file(conf, pod, &statuses)?;
+            source
+                .publish_status(pod, &statuses)
+                .map_err(|e| e.into_cni().context("publish network-status"))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        rollback(env, &store, &record);
+        return Err(e);
+    }
+
+    let default_idx = plan.iter().position(|p| p.is_default).unwrap_or(0);
+    results
+        .get(default_idx)
+        .cloned()
+        .unwrap_or_default()
+        .convert_to(conf.cni_version)
+}
+
+/// Undoes a partial ADD: DEL every attachment recorded so far, newest first.
+fn rollback(env: &Env, store: &Store, record: &PodRecord) {
+    tracing::warn!(container = %env.container_id, "ADD failed: removing the attachments made so far");
+    let mut rec = record.clone();
+    let _ = store.save(&rec);
+    match del_attachments(env, &mut rec, Some(env.netns.as_str())) {
+        Ok(()) => {
+            let _ = store.remove(&rec.container_id, &rec.ifname);
+        }
+        Err(e) => {
+            // Left on disk so a later DEL or GC can finish the job.
+            tracing::error!(error = %e, "rollback DEL failed; state kept for a later DEL/GC");
+            let _ = store.save(&rec);
+        }
+    }
+}
+
+fn lookup_pod(env: &Env, source: &Source) -> Result<Option<PodInfo>> {
+    let Some((ns, name)) = pod_ref(env) else {
+        return Ok(None);
+    };
+    let pod = source.pod(&ns, &name).map_err(|e| e.into_cni())?;
+    if let (Some(pod), Some(want)) = (&pod, env.arg("K8S_POD_UID")) {
+        if let Some(have) = &pod.uid {
+            if have != want {
+                return Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("pod {ns}/{name}: expected UID {want} but the source has {have}"),
+                ));
+            }
+        }
+    }
+    if pod.is_none() && matches!(source, Source::Kube(_)) {
+        return Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("pod {ns}/{name} not found in the Kubernetes API"),
+        ));
+    }
+    Ok(pod)
+}
+
+/// Chooses the networks: the cluster network as CNI_IFNAME, then the
+/// annotation's networks as net1, net2, ... unless named; resolves each
+/// delegate so that bad input fails before anything is created.
+fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Result<Vec<Planned>> {
+    let cache = Store::new(&conf.state_dir).plugin_cache_dir();
+    let pod_ns = pod.map(|p| p.namespace.as_str()).unwrap_or("default");
+    let mut planned = Vec::new();
+
+    // The cluster network: the pod's override, else the plugin config's.
+    let override_nad = pod.and_then(|p| p.annotations.get(DEFAULT_NETWORK_ANNOTATION));
+    let (network, list) = match (override_nad, &conf.cluster_network) {
+        (Some(name), _) => {
+            let sel = selection::parse_short(name.trim()).map_err(|e| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("annotation {DEFAULT_NETWORK_ANNOTATION}: {e}"),
+                )
+            })?;
+            nad_network(
+                source,
+                sel.namespace_or(pod_ns),
+                &sel.name,
+                conf.cni_version,
+            )?
+        }
+        (None, Some(ClusterNetwork::Inline(v))) => {
+            let list = NetworkList::from_value(v, conf.cni_version)
+                .map_err(|e| e.context("clusterNetwork"))?;
+            (list.name.clone(), list)
+        }
+        (None, Some(ClusterNetwork::Nad(name))) => {
+            let sel = selection::parse_short(name)
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("clusterNetwork: {e}")))?;
+            nad_network(
+                source,
+                sel.namespace_or(&conf.system_namespace),
+                &sel.name,
+                conf.cni_version,
+            )?
+        }
+        (None, None) => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "no cluster network: set clusterNetwork in the plugin config",
+            ))
+        }
+    };
+    let resolved = delegate::resolve(list, &env.path, &cache)
+        .map_err(|e| e.context(format!("network {network}")))?;
+    planned.push(Planned {
+        network,
+        ifname: env.ifname.clone(),
+        is_default: true,
+        resolved,
+        runtime_config: conf.runtime_config.clone(),
+        default_route: Vec::new(),
+    });
+
+    // Additional networks from the annotation.
+    let selections = match pod.and_then(|p| p.annotations.get(NETWORKS_ANNOTATION)) {
+        Some(text) => selection::parse(text).map_err(|e| {
+            let c = match e {
+                selection::Error::Json(_) => code::DECODE_FAILURE,
+                selection::Error::Element { .. } => code::INVALID_CONFIG,
+            };
+            CniError::new(c, format!("annotation {NETWORKS_ANNOTATION}: {e}"))
+        })?,
+        None => Vec::new(),
+    };
+    let mut ifnames: HashSet<String> = HashSet::from([env.ifname.clone()]);
+    for (i, sel) in selections.iter().enumerate() {
+        let ifname = sel
+            .interface
+            .clone()
+            .unwrap_or_else(|| format!("net{}", i + 1));
+        if !ifnames.insert(ifname.clone()) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("annotation {NETWORKS_ANNOTATION}: interface {ifname} is requested twice"),
+            ));
+        }
+        let (network, list) = nad_network(
+            source,
+            sel.namespace_or(pod_ns),
+            &sel.name,
+            conf.cni_version,
+        )?;
+        let resolved = delegate::resolve(list, &env.path, &cache)
+            .map_err(|e| e.context(format!("network {network}")))?;
+        planned.push(Planned {
+            network,
+            ifname,
+            is_default: false,
+            resolved,
+            runtime_config: selection_runtime_config(sel),
+            default_route: sel.default_route.clone(),
+        });
+    }
+    Ok(planned)
+}
+
+/// Capability arguments a selection element asks for (libcni names).
+fn selection_runtime_config(sel: &NetworkSelection) -> Map<String, Value> {
+    let mut rc = Map::new();
+    if let Some(mac) = &sel.mac {
+        rc.insert("mac".into(), Value::String(mac.clone()));
+    }
+    if !sel.ips.is_empty() {
+        rc.insert("ips".into(), serde_json::json!(sel.ips));
+    }
+    if let Some(pm) = &sel.port_mappings {
+        rc.insert("portMappings".into(), pm.clone());
+    }
+    if let Some(bw) = &sel.bandwidth {
+        rc.insert("bandwidth".into(), bw.clone());
+    }
+    if let Some(args) = &sel.cni_args {
+        rc.insert("cniArgs".into(), Value::Object(args.clone()));
+    }
+    rc
+}
+
+fn nad_network(
+    source: &Source,
+    ns: &str,
+    name: &str,
+    default_version: Version,
+) -> Result<(String, NetworkList)> {
+    let id = format!("{ns}/{name}");
+    let nad = source
+        .nad(ns, name)
+        .map_err(|e| e.into_cni().context(format!("network {id}")))?
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("network {id}: NetworkAttachmentDefinition not found"),
+            )
+        })?;
+    let text = nad.config.filter(|c| !c.trim().is_empty()).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("network {id}: NetworkAttachmentDefinition has no spec.config"),
+        )
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            format!("network {id}: decode spec.config: {e}"),
+        )
+    })?;
+    let mut list = NetworkList::from_value(&value, default_version)
+        .map_err(|e| e.context(format!("network {id}")))?;
+    if list.name.is_empty() {
+        list.name = name.to_string();
+    }
+    Ok((id, list))
+}
+
+/// Applies `default-route` requests; returns the index of the attachment that
+/// now owns the default route.
+fn apply_default_routes(env: &Env, plan: &[Planned], results: &[CniResult]) -> Result<usize> {
+    let Some((idx, p)) = plan
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !p.default_route.is_empty())
+    else {
+        return Ok(0);
+    };
+    let gateways: Vec<std::net::IpAddr> = p
+        .default_route
+        .iter()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    crate::routes::set_default_routes(Path::new(&env.netns), &p.ifname, &gateways).map_err(
+        |e| {
+            CniError::new(code::IO_FAILURE, crate::error_chain(&e))
+                .context(format!("network {} default-route", p.network))
+        },
+    )?;
+    let _ = results;
+    Ok(idx)
+}
+
+fn network_statuses(
+    plan: &[Planned],
+    results: &[CniResult],
+    route_owner: usize,
+) -> Vec<NetworkStatus> {
+    plan.iter()
+        .zip(results)
+        .enumerate()
+        .map(|(i, (p, r))| {
+            let ips: Vec<String> = r
+                .ips_of(&p.ifname)
+                .map(|ip| ip.address.split('/').next().unwrap_or_default().to_string())
+                .collect();
+            let default = i == route_owner;
+            let gateway = if default {
+                if p.default_route.is_empty() {
+                    r.ips_of(&p.ifname)
+                        .filter_map(|ip| ip.gateway.clone())
+                        .collect()
+                } else {
+                    p.default_route.clone()
+                }
+            } else {
+                Vec::new()
+            };
+            NetworkStatus {
+                name: p.network.clone(),
+                interface: Some(p.ifname.clone()),
+                ips,
+                mac: r
+                    .sandbox_interface(&p.ifname)
+                    .and_then(|i| r.interfaces.get(i))
+                    .map(|i| i.mac.clone())
+                    .filter(|m| !m.is_empty()),
+                mtu: r
+                    .sandbox_interface(&p.ifname)
+                    .and_then(|i| r.interfaces.get(i))
+                    .and_then(|i| i.mtu),
+                default,
+                dns: Some(r.dns.clone()).filter(|d| !d.is_empty()),
+                gateway,
+                device_info: None,
+            }
+        })
+        .collect()
+}
+
+/// The standalone network-status file of a pod.
+pub fn status_file(conf: &NetConf, namespace: &str, name: &str) -> PathBuf {
+    conf.status_dir.join(namespace).join(format!("{name}.json"))
+}
+
+fn write_status_file(conf: &NetConf, pod: &PodInfo, statuses: &[NetworkStatus]) -> Result<()> {
+    let path = status_file(conf, &pod.namespace, &pod.name);
+    let bytes = serde_json::to_vec_pretty(statuses).unwrap_or_default();
+    crate::state::write_atomic(&path, &bytes).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("write network-status {}: {e}", path.display()),
+        )
+    })
+}
+
+/// DEL: delete every recorded attachment; unknown attachments and gone
+/// namespaces are fine, real delegate errors are reported.
+pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock(false).map_err(state_err)?;
+    del_record(
+        env,
+        &store,
+        &env.container_id,
+        &env.ifname,
+        Some(env.netns.as_str()),
+    )?;
+    if let Some((ns, name)) = pod_ref(env) {
+        let _ = std::fs::remove_file(status_file(conf, &ns, &name));
+    }
+    Ok(())
+}
+
+fn del_record(
+    env: &Env,
+    store: &Store,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&str>,
+) -> Result<()> {
+    let Some(mut record) = store.load(container_id, ifname).map_err(state_err)? else {
+        tracing::debug!(
+            container = container_id,
+            "DEL of an unknown attachment: nothing to do"
+        );
+        return Ok(());
+    };
+    let result = del_attachments(env, &mut record, netns);
+    if record.attachments.is_empty() {
+        store.remove(container_id, ifname).map_err(state_err)?;
+    } else {
+        store.save(&record).map_err(state_err)?;
+    }
+    result
+}
+
+/// Calls DEL for each attachment newest first, dropping the ones that
+/// succeed from `record`; returns the first error.
+fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Result<()> {
+    // A namespace that is gone is passed as empty: delegates then only
+    // release what lives outside it (IPAM, host links).
+    let netns = netns
+        .filter(|p| !p.is_empty())
+        .or(Some(record.netns.as_str()))
+        .filter(|p| !p.is_empty() && Path::new(p).exists())
+        .unwrap_or("")
+        .to_string();
+    let mut first_error = None;
+    let mut kept = Vec::new();
+    while let Some(att) = record.attachments.pop() {
+        let outcome = att
+            .delegate
+            .types()
+            .map(|t| delegate::find(t, &env.path))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|binaries| {
+                let resolved = Resolved {
+                    list: att.delegate.clone(),
+                    binaries,
+                };
+                let inv = Invocation {
+                    container_id: &record.container_id,
+                    netns: &netns,
+                    ifname: &att.ifname,
+                    args: &record.cni_args,
+                    path: &env.path,
+                };
+                resolved.del(&inv, &att.runtime_config, att.result.as_ref())
+            });
+        if let Err(e) = outcome {
+            first_error.get_or_insert(e.context(format!(
+                "network {} (interface {}) DEL",
+                att.network, att.ifname
+            )));
+            kept.push(att);
+        }
+    }
+    kept.reverse();
+    record.attachments = kept;
+    first_error.map_or(Ok(()), Err)
+}
+
+/// CHECK: every recorded attachment's delegates agree the network is as set up.
+pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
+    if !conf.cni_version.supports_check() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CHECK is not defined for CNI version {}", conf.cni_version),
+        ));
+    }
+    if !Path::new(&env.netns).exists() {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {:?} does not exist", env.netns),
+        ));
+    }
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock(false).map_err(state_err)?;
+    let record = store
+        .load(&env.container_id, &env.ifname)
+        .map_err(state_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "no attachment for container {} interface {}",
+                    env.container_id, env.ifname
+                ),
+            )
+        })?;
+    for att in &record.attachments {
+        let ctx = || format!("network {} (interface {}) CHECK", att.network, att.ifname);
+        let result = att.result.as_ref().ok_or_else(|| {
+            CniError::new(code::INVALID_CONFIG, "ADD never completed").context(ctx())
+        })?;
+        let binaries = att
+            .delegate
+            .types()
+            .map(|t| delegate::find(t, &env.path))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| e.context(ctx()))?;
+        let resolved = Resolved {
+            list: att.delegate.clone(),
+            binaries,
+        };
+        let inv = Invocation {
+            container_id: &env.container_id,
+            netns: &env.netns,
+            ifname: &att.ifname,
+            args: &record.cni_args,
+            path: &env.path,
+        };
+        resolved
+            .check(&inv, &att.runtime_config, result)
+            .map_err(|e| e.context(ctx()))?;
+    }
+    Ok(())
+}
+
+/// GC: delete every attachment of this network that the runtime no longer
+/// lists in `cni.dev/valid-attachments`.
+pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
+    let valid: HashSet<(String, String)> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock(true).map_err(state_err)?;
+    let mut first_error = None;
+    for (cid, ifname) in store.list().map_err(state_err)? {
+        if valid.contains(&(cid.clone(), ifname.clone())) {
+            continue;
+        }
+        let record = match store.load(&cid, &ifname) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                first_error.get_or_insert(state_err(e));
+                continue;
+            }
+        };
+        if record.network_name != conf.name {
+            continue;
+        }
+        tracing::info!(container = %cid, ifname = %ifname, "GC: removing stale attachment");
+        if let Err(e) = del_record(env, &store, &cid, &ifname, None) {
+            first_error.get_or_insert(e);
+        }
+        if let (Some(ns), Some(name)) = (&record.pod_namespace, &record.pod_name) {
+            let _ = std::fs::remove_file(status_file(conf, ns, name));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// STATUS: can an ADD be served now?
+pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
+    let unavailable = |what: String| CniError::new(code::PLUGIN_NOT_AVAILABLE, what);
+    let store = Store::new(&conf.state_dir);
+    store
+        .lock(false)
+        .map_err(|e| unavailable(format!("state directory: {}", crate::error_chain(&e))))?;
+    let source = Source::from_conf(conf)
+        .map_err(|e| unavailable(format!("pod source: {}", crate::error_chain(&e))))?;
+    let list = match &conf.cluster_network {
+        Some(ClusterNetwork::Inline(v)) => NetworkList::from_value(v, conf.cni_version)?,
+        Some(ClusterNetwork::Nad(name)) => {
+            let sel = selection::parse_short(name)
+                .map_err(|e| unavailable(format!("clusterNetwork: {e}")))?;
+            nad_network(
+                &source,
+                sel.namespace_or(&conf.system_namespace),
+                &sel.name,
+                conf.cni_version,
+            )
+            .map_err(|e| unavailable(e.msg))?
+            .1
+        }
+        None => return Err(unavailable("no cluster network configured".into())),
+    };
+    let resolved = delegate::resolve(list, &env.path, &store.plugin_cache_dir())
+        .map_err(|e| unavailable(format!("cluster network: {}", e.msg)))?;
+    // Delegates that know STATUS are asked too.
+    if resolved.list.version().supports_gc() {
+        for (i, bin) in resolved.binaries.iter().enumerate() {
+            let mut stdin = resolved.list.plugins[i].clone();
+            stdin.insert("name".into(), Value::String(resolved.list.name.clone()));
+            stdin.insert(
+                "cniVersion".into(),
+                Value::String(resolved.list.cni_version.clone()),
+            );
+            let inv = Invocation {
+                container_id: "",
+                netns: "",
+                ifname: "",
+                args: "",
+                path: &env.path,
+            };
+            delegate::exec(
+                bin,
+                crate::spec::Command::Status,
+                &inv,
+                &Value::Object(stdin),
+            )
+            .map_err(|e| e.context("cluster network delegate STATUS"))?;
+        }
+    }
+    Ok(())
+}

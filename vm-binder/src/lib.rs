@@ -1,0 +1,1 @@
+//! VM interface bindings: not built yet (issue: VM binder).
