@@ -35,7 +35,7 @@ pip_install() {
 }
 
 apt_install containernetworking-plugins iproute2 nftables iptables jq iperf3 \
-  ethtool tcpdump procps psmisc util-linux kmod ca-certificates
+  ethtool tcpdump procps psmisc util-linux kmod ca-certificates iputils-ping netcat-openbsd
 
 for part in "$here"/setup.d/*.sh; do
   [ -e "$part" ] || continue
