@@ -517,12 +517,22 @@ fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Re
                 };
                 resolved.del(&inv, &att.runtime_config, att.result.as_ref())
             });
-        if let Err(e) = outcome {
-            first_error.get_or_insert(e.context(format!(
-                "network {} (interface {}) DEL",
-                att.network, att.ifname
-            )));
-            kept.push(att);
+        match outcome {
+            Ok(()) => {}
+            // An ADD that never completed was the delegate's to clean up (the
+            // spec asks plugins to undo a failed ADD); its DEL is best effort,
+            // since some plugins cannot DEL a config that never worked.
+            Err(e) if att.result.is_none() => {
+                tracing::warn!(network = %att.network, ifname = %att.ifname, error = %e,
+                    "DEL of an attachment whose ADD never completed failed; dropping it");
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.context(format!(
+                    "network {} (interface {}) DEL",
+                    att.network, att.ifname
+                )));
+                kept.push(att);
+            }
         }
     }
     kept.reverse();
