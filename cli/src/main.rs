@@ -1,1 +1,71 @@
-fn main() {}
+//! `virtlink`: the command line tool. Standalone mode (`up`, `down`) runs the
+//! same objects a cluster would (Pods, NADs) from a YAML file on one machine;
+//! `bench` measures virtlink against its baselines.
+
+mod bench;
+mod runtime;
+mod standalone;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "virtlink",
+    version,
+    about = "Many fast network interfaces for KubeVirt VMs and pods"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `virtlink=debug`.
+    #[arg(long, global = true, env = "VIRTLINK_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Standalone mode: attach the pods of FILE to their networks, exactly as
+    /// a container runtime would call virtlink-cni, and check traffic.
+    Up {
+        file: PathBuf,
+        /// Where standalone environments keep their state.
+        #[arg(long, default_value = standalone::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Remove everything `up FILE` created.
+    Down {
+        file: PathBuf,
+        #[arg(long, default_value = standalone::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Benchmarks (figures go to docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Up { file, run_dir } => standalone::up(&file, &run_dir),
+        Command::Down { file, run_dir } => standalone::down(&file, &run_dir),
+        Command::Bench { what } => bench::run(what),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virtlink: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -21,7 +21,19 @@ pub fn main() -> i32 {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
+    if std::env::var_os("VIRTLINK_CNI_STATS").is_some() {
+        report_peak_rss();
+    }
     status
+}
+
+/// For benchmarks: the process's peak resident set size, on stderr.
+fn report_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        let kb = line.split_whitespace().nth(1).unwrap_or("0");
+        eprintln!("virtlink-cni-stats peak_rss_kb={kb}");
+    }
 }
 
 /// One invocation: returns what to print on stdout and the exit status.

@@ -1,6 +1,8 @@
 //! Bad input gets a CNI error object with the spec's code and a message that
 //! names what is wrong, and nothing is left behind (links, IPs, state).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
+
 mod common;
 
 use common::{Netns, Node};

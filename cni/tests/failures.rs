@@ -3,6 +3,8 @@
 //! is gone, DEL is idempotent, real DEL errors are reported, GC removes stale
 //! attachments and their IPs, STATUS tells whether ADD can be served.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
+
 mod common;
 
 use common::{Netns, Node};

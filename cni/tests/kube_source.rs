@@ -5,6 +5,8 @@
 //! (tests/fixtures/kube) and records the requests it gets. Everything else is
 //! real: the plugin binary, the kube-rs client, namespaces and reference plugins.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,6 +3,8 @@
 //! between two pods on every network, and DEL leaves no link and no reserved IP.
 //! Runs over every CNI version virtlink-cni accepts. Real kernel, real plugins.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
+
 mod common;
 
 use common::{Netns, Node, VERSIONS};

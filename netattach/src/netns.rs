@@ -91,3 +91,70 @@ where
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_RUN_DIR: &str = "/var/run/netns";
+
+/// Creates a named network namespace the way `ip netns add` does: a new
+/// namespace bind-mounted on `/var/run/netns/NAME`. Returns its path.
+pub fn create(name: &str) -> Result<PathBuf> {
+    use nix::mount::{mount, MsFlags};
+    let dir = PathBuf::from(NETNS_RUN_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Open {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let target = path.clone();
+    let made = std::thread::Builder::new()
+        .name("netns-create".into())
+        .spawn(move || -> Result<()> {
+            // This thread moves into the new namespace and then ends; the
+            // bind mount keeps the namespace alive.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter {
+                path: target.clone(),
+                source,
+            })?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|source| Error::Enter {
+                path: target.clone(),
+                source,
+            })
+        })
+        .map_err(Error::Spawn)?
+        .join()
+        .map_err(|_| Error::Panicked { path: path.clone() })?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Removes a named namespace; one that is already gone is fine.
+pub fn delete(name: &str) -> Result<()> {
+    let path = PathBuf::from(NETNS_RUN_DIR).join(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Open { path, source }),
+    }
+}

@@ -120,6 +120,11 @@ impl DirSource {
             .cloned()
     }
 
+    /// Every pod, ordered by namespace and name.
+    pub fn pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods.values()
+    }
+
     pub fn nad(&self, namespace: &str, name: &str) -> Option<NadInfo> {
         self.nads
             .get(&(namespace.to_string(), name.to_string()))

@@ -3,7 +3,7 @@
 //! machine's own namespace), pod namespaces, and a directory with the CNI bin
 //! dir (the Debian reference plugins + virtlink-cni), manifests, state and
 //! host-local IPAM data. Everything is removed on drop, also when a test fails.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
