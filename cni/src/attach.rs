@@ -48,6 +48,14 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
             format!("network namespace {:?} does not exist", env.netns),
         ));
     }
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| {
+        tracing::debug!(
+            phase = what,
+            at_us = t0.elapsed().as_micros() as u64,
+            "ADD phase"
+        )
+    };
     let store = Store::new(&conf.state_dir);
     let _lock = store.lock(false).map_err(state_err)?;
 
@@ -64,12 +72,16 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
             &env.container_id,
             &env.ifname,
             Some(env.netns.as_str()),
+            conf.parallel,
         )?;
     }
 
+    phase("locked");
     let source = Source::from_conf(conf).map_err(|e| e.into_cni())?;
     let pod = lookup_pod(env, &source)?;
+    phase("pod looked up");
     let plan = plan(env, conf, &source, pod.as_ref())?;
+    phase("planned");
 
     let mut record = PodRecord {
         container_id: env.container_id.clone(),
@@ -84,10 +96,11 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
         attachments: Vec::new(),
     };
 
-    let mut results = Vec::with_capacity(plan.len());
-    for p in &plan {
-        // Recorded before the delegate runs, so a crash leaves enough for DEL.
-        record.attachments.push(Attachment {
+    // Every planned attachment is recorded before any delegate runs, so a
+    // crash mid-ADD leaves enough on disk for DEL to clean up.
+    record.attachments = plan
+        .iter()
+        .map(|p| Attachment {
             network: p.network.clone(),
             ifname: p.ifname.clone(),
             is_default: p.is_default,
@@ -95,11 +108,14 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
             runtime_config: p.runtime_config.clone(),
             result: None,
             device_info: None,
-        });
-        if let Err(e) = store.save(&record) {
-            rollback(env, &store, &record);
-            return Err(state_err(e));
-        }
+        })
+        .collect();
+    store.save(&record).map_err(state_err)?;
+    phase("recorded");
+
+    // The cluster network first; then the secondary networks, each on its
+    // own interface, concurrently (or one by one with `"parallel": false`).
+    let add_one = |p: &Planned| {
         let inv = Invocation {
             container_id: &env.container_id,
             netns: &env.netns,
@@ -107,30 +123,45 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
             args: &env.args,
             path: &env.path,
         };
-        let outcome = p
-            .resolved
+        p.resolved
             .add(&inv, &p.runtime_config)
-            .and_then(|raw| CniResult::from_json(raw.clone()).map(|r| (raw, r)));
+            .and_then(|raw| CniResult::from_json(raw.clone()).map(|r| (raw, r)))
+            .map_err(|e| {
+                e.context(format!(
+                    "network {} (interface {}) ADD",
+                    p.network, p.ifname
+                ))
+            })
+    };
+    let outcomes = run_staged(&plan, conf.parallel, |p| p.is_default, add_one);
+    let tried = outcomes.len();
+    let mut results = Vec::with_capacity(plan.len());
+    let mut first_error = None;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
             Ok((raw, parsed)) => {
-                if let Some(last) = record.attachments.last_mut() {
-                    last.result = Some(raw);
-                }
+                record.attachments[i].result = Some(raw);
                 results.push(parsed);
             }
             Err(e) => {
-                rollback(env, &store, &record);
-                return Err(e.context(format!(
-                    "network {} (interface {}) ADD",
-                    p.network, p.ifname
-                )));
+                first_error.get_or_insert(e);
             }
         }
     }
-    if let Err(e) = store.save(&record) {
-        rollback(env, &store, &record);
+    if let Some(e) = first_error {
+        // Only what was tried is undone: networks after a failure never started.
+        record.attachments.truncate(tried);
+        rollback(env, &store, &record, conf.parallel);
+        return Err(e);
+    }
+    phase("delegates added");
+    // Not fsynced: after a crash the durable record written above still
+    // drives a complete DEL; only the results (prevResult) would be missing.
+    if let Err(e) = store.save_results(&record) {
+        rollback(env, &store, &record, conf.parallel);
         return Err(state_err(e));
     }
+    phase("results recorded");
 
     let finish = || -> Result<()> {
         let route_owner = apply_default_routes(env, &plan, &results)?;
@@ -144,9 +175,10 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
         Ok(())
     };
     if let Err(e) = finish() {
-        rollback(env, &store, &record);
+        rollback(env, &store, &record, conf.parallel);
         return Err(e);
     }
+    phase("status written");
 
     let default_idx = plan.iter().position(|p| p.is_default).unwrap_or(0);
     results
@@ -157,11 +189,11 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
 }
 
 /// Undoes a partial ADD: DEL every attachment recorded so far, newest first.
-fn rollback(env: &Env, store: &Store, record: &PodRecord) {
+fn rollback(env: &Env, store: &Store, record: &PodRecord, parallel: bool) {
     tracing::warn!(container = %env.container_id, "ADD failed: removing the attachments made so far");
     let mut rec = record.clone();
     let _ = store.save(&rec);
-    match del_attachments(env, &mut rec, Some(env.netns.as_str())) {
+    match del_attachments(env, &mut rec, Some(env.netns.as_str()), parallel) {
         Ok(()) => {
             let _ = store.remove(&rec.container_id, &rec.ifname);
         }
@@ -435,7 +467,8 @@ pub fn status_file(conf: &NetConf, namespace: &str, name: &str) -> PathBuf {
 fn write_status_file(conf: &NetConf, pod: &PodInfo, statuses: &[NetworkStatus]) -> Result<()> {
     let path = status_file(conf, &pod.namespace, &pod.name);
     let bytes = serde_json::to_vec_pretty(statuses).unwrap_or_default();
-    crate::state::write_atomic(&path, &bytes).map_err(|e| {
+    // Informational and rewritten on every ADD: atomic, but not fsynced.
+    crate::state::write_replace(&path, &bytes).map_err(|e| {
         CniError::new(
             code::IO_FAILURE,
             format!("write network-status {}: {e}", path.display()),
@@ -454,6 +487,7 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
         &env.container_id,
         &env.ifname,
         Some(env.netns.as_str()),
+        conf.parallel,
     )?;
     if let Some((ns, name)) = pod_ref(env) {
         let _ = std::fs::remove_file(status_file(conf, &ns, &name));
@@ -467,6 +501,7 @@ fn del_record(
     container_id: &str,
     ifname: &str,
     netns: Option<&str>,
+    parallel: bool,
 ) -> Result<()> {
     let Some(mut record) = store.load(container_id, ifname).map_err(state_err)? else {
         tracing::debug!(
@@ -475,7 +510,7 @@ fn del_record(
         );
         return Ok(());
     };
-    let result = del_attachments(env, &mut record, netns);
+    let result = del_attachments(env, &mut record, netns, parallel);
     if record.attachments.is_empty() {
         store.remove(container_id, ifname).map_err(state_err)?;
     } else {
@@ -484,9 +519,15 @@ fn del_record(
     result
 }
 
-/// Calls DEL for each attachment newest first, dropping the ones that
+/// Calls DEL for each attachment, the secondary networks first (concurrently
+/// when `parallel`) and the cluster network last, dropping the ones that
 /// succeed from `record`; returns the first error.
-fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Result<()> {
+fn del_attachments(
+    env: &Env,
+    record: &mut PodRecord,
+    netns: Option<&str>,
+    parallel: bool,
+) -> Result<()> {
     // A namespace that is gone is passed as empty: delegates then only
     // release what lives outside it (IPAM, host links).
     let netns = netns
@@ -495,11 +536,11 @@ fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Re
         .filter(|p| !p.is_empty() && Path::new(p).exists())
         .unwrap_or("")
         .to_string();
-    let mut first_error = None;
-    let mut kept = Vec::new();
-    while let Some(att) = record.attachments.pop() {
-        let outcome = att
-            .delegate
+    // Newest first; the cluster network (added first) goes last.
+    let mut order: Vec<Attachment> = std::mem::take(&mut record.attachments);
+    order.reverse();
+    let del_one = |att: &Attachment| {
+        att.delegate
             .types()
             .map(|t| delegate::find(t, &env.path))
             .collect::<Result<Vec<_>>>()
@@ -516,7 +557,12 @@ fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Re
                     path: &env.path,
                 };
                 resolved.del(&inv, &att.runtime_config, att.result.as_ref())
-            });
+            })
+    };
+    let outcomes = run_all(&order, parallel, |a| a.is_default, del_one);
+    let mut first_error = None;
+    let mut kept = Vec::new();
+    for (att, outcome) in order.into_iter().zip(outcomes) {
         match outcome {
             Ok(()) => {}
             // An ADD that never completed was the delegate's to clean up (the
@@ -538,6 +584,85 @@ fn del_attachments(env: &Env, record: &mut PodRecord, netns: Option<&str>) -> Re
     kept.reverse();
     record.attachments = kept;
     first_error.map_or(Ok(()), Err)
+}
+
+/// Runs `f` on the items in two stages, keeping the items' order in the
+/// outcome: for ADD the cluster network (`first`) alone, then the others;
+/// stops after the first stage if it failed, and in sequential mode at the
+/// first failure. Returns the outcomes of the items that were tried, a prefix.
+fn run_staged<T: Sync, R: Send>(
+    items: &[T],
+    parallel: bool,
+    first: impl Fn(&T) -> bool,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    let mut out = Vec::with_capacity(items.len());
+    let lead = items.iter().take_while(|i| first(i)).count();
+    for item in &items[..lead] {
+        let r = f(item);
+        let failed = r.is_err();
+        out.push(r);
+        if failed {
+            return out;
+        }
+    }
+    let rest = &items[lead..];
+    if parallel && rest.len() > 1 {
+        out.extend(concurrently(rest, &f));
+    } else {
+        for item in rest {
+            let r = f(item);
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Runs `f` on every item (DEL goes on after failures): the items that are
+/// not `last` first (concurrently when `parallel`), then the `last` ones.
+fn run_all<T: Sync, R: Send>(
+    items: &[T],
+    parallel: bool,
+    last: impl Fn(&T) -> bool,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    let split = items.iter().take_while(|i| !last(i)).count();
+    let (front, back) = items.split_at(split);
+    let mut out: Vec<Result<R>> = if parallel && front.len() > 1 {
+        concurrently(front, &f)
+    } else {
+        front.iter().map(&f).collect()
+    };
+    out.extend(back.iter().map(&f));
+    out
+}
+
+/// One scoped thread per item; outcomes in the items' order.
+fn concurrently<T: Sync, R: Send>(
+    items: &[T],
+    f: &(impl Fn(&T) -> Result<R> + Sync),
+) -> Vec<Result<R>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .iter()
+            .map(|item| scope.spawn(move || f(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CniError::new(
+                        code::DELEGATE_FAILED,
+                        "delegate thread panicked",
+                    ))
+                })
+            })
+            .collect()
+    })
 }
 
 /// CHECK: every recorded attachment's delegates agree the network is as set up.
@@ -625,7 +750,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
             continue;
         }
         tracing::info!(container = %cid, ifname = %ifname, "GC: removing stale attachment");
-        if let Err(e) = del_record(env, &store, &cid, &ifname, None) {
+        if let Err(e) = del_record(env, &store, &cid, &ifname, None, conf.parallel) {
             first_error.get_or_insert(e);
         }
         if let (Some(ns), Some(name)) = (&record.pod_namespace, &record.pod_name) {

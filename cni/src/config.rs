@@ -32,6 +32,9 @@ pub struct NetConf {
     pub system_namespace: String,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
+    /// Attach the secondary networks concurrently (default); `false` keeps
+    /// the strict one-by-one order of Multus.
+    pub parallel: bool,
     /// Capability arguments the runtime passed (`runtimeConfig`).
     pub runtime_config: Map<String, Value>,
     /// `cni.dev/valid-attachments` of a GC request.
@@ -68,6 +71,8 @@ struct Wire {
     log_level: Option<String>,
     #[serde(default)]
     log_file: Option<PathBuf>,
+    #[serde(default)]
+    parallel: Option<bool>,
     #[serde(default)]
     runtime_config: Option<Map<String, Value>>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
@@ -119,6 +124,7 @@ impl NetConf {
                 .unwrap_or_else(|| DEFAULT_SYSTEM_NAMESPACE.to_string()),
             log_level: wire.log_level,
             log_file: wire.log_file,
+            parallel: wire.parallel.unwrap_or(true),
             runtime_config: wire.runtime_config.unwrap_or_default(),
             valid_attachments: wire.valid_attachments,
             raw,

@@ -262,7 +262,7 @@ pub fn supported_versions(binary: &Path, cache_dir: &Path) -> Result<Vec<String>
     };
     if let Ok(bytes) = serde_json::to_vec(&cached) {
         // The cache only saves an exec next time: failing to write it is harmless.
-        let _ = crate::state::write_atomic(&file, &bytes);
+        let _ = crate::state::write_replace(&file, &bytes);
     }
     Ok(versions)
 }

@@ -103,17 +103,18 @@ fn version_answer(asked: &str) -> String {
 }
 
 /// Logs go to the configured file, else stderr (the runtime keeps it); the
-/// level comes from `logLevel` or `VIRTLINK_LOG`, default warn.
+/// level comes from `logLevel` or `VIRTLINK_LOG`, default warn. A plain level
+/// filter: it costs nothing to build at each exec, unlike a directive parser.
 fn init_logging(conf: &NetConf, env_level: Option<String>) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
     let level = conf
         .log_level
         .clone()
         .or(env_level)
-        .unwrap_or_else(|| "warn".into());
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("warn"));
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_target(false)
         .with_ansi(false);
     let file = conf.log_file.as_ref().and_then(|p| {

@@ -3,9 +3,9 @@
 //! and GC work after the NAD or the pod is gone and after a reboot.
 //!
 //! Layout: `<stateDir>/attachments/<containerID>/<ifname>.json`, written
-//! atomically (temp file, fsync, rename, fsync of the directory). The record
-//! is written *before* each delegate ADD runs, so a crash mid-ADD still leaves
-//! enough behind for DEL to clean up.
+//! atomically (temp file, fsync, rename, fsync of the directory). The record,
+//! listing every planned attachment, is written *before* the delegates run, so
+//! a crash mid-ADD still leaves enough behind for DEL to clean up.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -173,6 +173,17 @@ impl Store {
         write_atomic(&path, &bytes).map_err(|source| Error::Write { path, source })
     }
 
+    /// Like [`Store::save`] without the fsyncs, for updating a record that
+    /// is already durable (readers still never see a torn file).
+    pub fn save_results(&self, record: &PodRecord) -> Result<()> {
+        let path = self.path(&record.container_id, &record.ifname);
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_replace(&path, &bytes).map_err(|source| Error::Write { path, source })
+    }
+
     /// Removes a record; a record that is already gone is fine.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.path(container_id, ifname);
@@ -217,6 +228,16 @@ impl Store {
 /// Writes a file so that readers see either the old or the new content, even
 /// across a crash: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// Like [`write_atomic`] without the fsyncs: readers never see a torn file,
+/// but a crash may lose the write. For files that are rewritten anyway.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, false)
+}
+
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("state path has no parent"))?;
@@ -229,13 +250,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
