@@ -227,3 +227,36 @@ metadata:
     assert!(node.veths().is_empty());
     assert!(node.reserved_ips().is_empty(), "{:?}", node.reserved_ips());
 }
+
+#[test]
+fn runtime_port_mappings_reach_the_cluster_networks_portmap() {
+    let node = Node::new();
+    let mut conf = node.conf("1.0.0");
+    conf["clusterNetwork"] = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "podnet", "plugins": [
+            {"type": "bridge", "bridge": "cni-pod", "isGateway": true,
+             "ipam": {"type": "host-local", "subnet": "10.70.0.0/24", "dataDir": node.ipam()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]
+    });
+    // What containerd injects for a pod with hostPort 18080 -> 80.
+    conf["runtimeConfig"] = serde_json::json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]});
+    let pod = Netns::new("vlpa");
+    let r = node
+        .call("ADD", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("ADD")
+        .clone();
+    let ip = eth0_ip(&r);
+    let nat = node.ns.sh("iptables-save -t nat");
+    assert!(
+        nat.contains("--dport 18080") && nat.contains(&format!("{ip}:80")),
+        "portmap DNAT for 18080 -> {ip}:80 missing:\n{nat}"
+    );
+    node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("DEL");
+    let nat = node.ns.sh("iptables-save -t nat");
+    assert!(
+        !nat.contains("--dport 18080"),
+        "portmap rule left after DEL:\n{nat}"
+    );
+    assert!(node.reserved_ips().is_empty());
+}
