@@ -38,16 +38,21 @@ fn delegate_failing_on_a_later_network_rolls_back_everything() {
         json!({"cniVersion": "1.0.0", "name": "broken", "type": "macvlan", "master": "nosuchdev",
                "ipam": {"type": "host-local", "subnet": "10.75.0.0/24", "dataDir": node.ipam()}}),
     );
-    node.pod("a", "blue,broken");
+    node.pod("a", "blue,broken,red");
     let pod = Netns::new("vlpa");
-    let msg = node
-        .call("ADD", Some(&pod), "ctr-a", "a", &node.conf("1.0.0"))
-        .expect_err_any("ADD with a broken second network");
-    assert!(
-        msg.contains("default/broken") && msg.contains("net2"),
-        "{msg}"
-    );
-    assert_clean(&node, &pod);
+    // Concurrent attach (default) and the one-by-one order both undo everything.
+    for parallel in [true, false] {
+        let mut conf = node.conf("1.0.0");
+        conf["parallel"] = json!(parallel);
+        let msg = node
+            .call("ADD", Some(&pod), "ctr-a", "a", &conf)
+            .expect_err_any("ADD with a broken second network");
+        assert!(
+            msg.contains("default/broken") && msg.contains("net2"),
+            "{msg}"
+        );
+        assert_clean(&node, &pod);
+    }
 }
 
 #[test]
