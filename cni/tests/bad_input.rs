@@ -5,27 +5,8 @@
 
 mod common;
 
-use common::{Netns, Node};
+use common::{assert_clean, Netns, Node};
 use serde_json::json;
-
-fn assert_nothing_left(node: &Node, pod: &Netns) {
-    assert!(pod.links().is_empty(), "pod links left: {:?}", pod.links());
-    assert!(
-        node.veths().is_empty(),
-        "host veths left: {:?}",
-        node.veths()
-    );
-    assert!(
-        node.reserved_ips().is_empty(),
-        "IPs left: {:?}",
-        node.reserved_ips()
-    );
-    assert!(
-        node.attachments().is_empty(),
-        "state left: {:?}",
-        node.attachments()
-    );
-}
 
 fn env<'a>(node: &'a Node, pod: &'a Netns, bin: &'a str) -> Vec<(&'static str, String)> {
     let _ = node;
@@ -60,7 +41,7 @@ fn malformed_json_is_code_6() {
     let out = call_without(&node, &pod, "", b"{\"cniVersion\": \"1.0.0\", ");
     let msg = out.expect_err(6, "malformed JSON");
     assert!(msg.contains("decode network config"), "{msg}");
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -78,7 +59,7 @@ fn missing_cni_variables_are_code_4() {
         let msg = call_without(&node, &pod, var, &conf).expect_err(4, var);
         assert!(msg.contains(var), "{var}: {msg}");
     }
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -91,7 +72,7 @@ fn unknown_cni_version_is_code_1() {
         .call("ADD", Some(&pod), "ctr-a", "a", &conf)
         .expect_err(1, "unknown version");
     assert!(msg.contains("9.9.9"), "{msg}");
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -107,7 +88,7 @@ fn unknown_nad_is_code_7_and_creates_nothing() {
         msg.contains("default/does-not-exist") && msg.contains("not found"),
         "{msg}"
     );
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -129,7 +110,7 @@ fn malformed_annotation_is_rejected() {
             msg.contains("k8s.v1.cni.cncf.io/networks"),
             "{annotation}: {msg}"
         );
-        assert_nothing_left(&node, &pod);
+        assert_clean(&node, &pod);
     }
 }
 
@@ -150,7 +131,7 @@ fn delegate_binary_that_does_not_exist_is_code_7() {
         msg.contains("no-such-plugin") && msg.contains("default/ghost"),
         "{msg}"
     );
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -170,7 +151,7 @@ fn netns_that_does_not_exist_is_code_3() {
         )
         .expect_err(3, "missing netns");
     assert!(msg.contains("no-such-netns"), "{msg}");
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }
 
 #[test]
@@ -186,5 +167,5 @@ fn nad_with_broken_config_names_the_network() {
         .call("ADD", Some(&pod), "ctr-a", "a", &node.conf("1.0.0"))
         .expect_err(6, "NAD with invalid JSON");
     assert!(msg.contains("default/bad"), "{msg}");
-    assert_nothing_left(&node, &pod);
+    assert_clean(&node, &pod);
 }

@@ -7,27 +7,8 @@
 
 mod common;
 
-use common::{Netns, Node};
+use common::{assert_clean, Netns, Node};
 use serde_json::json;
-
-fn assert_clean(node: &Node, pod: &Netns) {
-    assert!(pod.links().is_empty(), "pod links left: {:?}", pod.links());
-    assert!(
-        node.veths().is_empty(),
-        "host veths left: {:?}",
-        node.veths()
-    );
-    assert!(
-        node.reserved_ips().is_empty(),
-        "IPs left: {:?}",
-        node.reserved_ips()
-    );
-    assert!(
-        node.attachments().is_empty(),
-        "state left: {:?}",
-        node.attachments()
-    );
-}
 
 #[test]
 fn delegate_failing_on_a_later_network_rolls_back_everything() {

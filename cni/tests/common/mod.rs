@@ -425,3 +425,25 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Asserts that nothing of a pod is left: no link in its namespace, no
+/// host-side veth, no IP reserved by host-local, no attachment state.
+#[track_caller]
+pub fn assert_clean(node: &Node, pod: &Netns) {
+    assert!(pod.links().is_empty(), "pod links left: {:?}", pod.links());
+    assert!(
+        node.veths().is_empty(),
+        "host veths left: {:?}",
+        node.veths()
+    );
+    assert!(
+        node.reserved_ips().is_empty(),
+        "IPs left: {:?}",
+        node.reserved_ips()
+    );
+    assert!(
+        node.attachments().is_empty(),
+        "state left: {:?}",
+        node.attachments()
+    );
+}
