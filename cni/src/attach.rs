@@ -30,6 +30,7 @@ struct Planned {
     resolved: Resolved,
     runtime_config: Map<String, Value>,
     default_route: Vec<String>,
+    device_info: Option<netattach::status::DeviceInfo>,
 }
 
 /// Pod identity from `CNI_ARGS`.
@@ -107,7 +108,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
             delegate: p.resolved.list.clone(),
             runtime_config: p.runtime_config.clone(),
             result: None,
-            device_info: None,
+            device_info: p.device_info.clone(),
         })
         .collect();
     store.save(&record).map_err(state_err)?;
@@ -236,10 +237,18 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
     let cache = Store::new(&conf.state_dir).plugin_cache_dir();
     let pod_ns = pod.map(|p| p.namespace.as_str()).unwrap_or("default");
     let mut planned = Vec::new();
+    let mut devices = DeviceLookup {
+        conf,
+        pod_uid: env
+            .arg("K8S_POD_UID")
+            .map(str::to_string)
+            .or_else(|| pod.and_then(|p| p.uid.clone())),
+        loaded: None,
+    };
 
     // The cluster network: the pod's override, else the plugin config's.
     let override_nad = pod.and_then(|p| p.annotations.get(DEFAULT_NETWORK_ANNOTATION));
-    let (network, list) = match (override_nad, &conf.cluster_network) {
+    let (network, mut list, resource) = match (override_nad, &conf.cluster_network) {
         (Some(name), _) => {
             let sel = selection::parse_short(name.trim()).map_err(|e| {
                 CniError::new(
@@ -257,7 +266,7 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
         (None, Some(ClusterNetwork::Inline(v))) => {
             let list = NetworkList::from_value(v, conf.cni_version)
                 .map_err(|e| e.context("clusterNetwork"))?;
-            (list.name.clone(), list)
+            (list.name.clone(), list, None)
         }
         (None, Some(ClusterNetwork::Nad(name))) => {
             let sel = selection::parse_short(name)
@@ -276,6 +285,7 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
             ))
         }
     };
+    let device_info = devices.attach(&network, resource.as_deref(), &mut list)?;
     let resolved = delegate::resolve(list, &env.path, &cache)
         .map_err(|e| e.context(format!("network {network}")))?;
     planned.push(Planned {
@@ -285,6 +295,7 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
         resolved,
         runtime_config: conf.runtime_config.clone(),
         default_route: Vec::new(),
+        device_info,
     });
 
     // Additional networks from the annotation.
@@ -310,12 +321,13 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
                 format!("annotation {NETWORKS_ANNOTATION}: interface {ifname} is requested twice"),
             ));
         }
-        let (network, list) = nad_network(
+        let (network, mut list, resource) = nad_network(
             source,
             sel.namespace_or(pod_ns),
             &sel.name,
             conf.cni_version,
         )?;
+        let device_info = devices.attach(&network, resource.as_deref(), &mut list)?;
         let resolved = delegate::resolve(list, &env.path, &cache)
             .map_err(|e| e.context(format!("network {network}")))?;
         planned.push(Planned {
@@ -325,6 +337,7 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
             resolved,
             runtime_config: selection_runtime_config(sel),
             default_route: sel.default_route.clone(),
+            device_info,
         });
     }
     Ok(planned)
@@ -351,12 +364,14 @@ fn selection_runtime_config(sel: &NetworkSelection) -> Map<String, Value> {
     rc
 }
 
+/// A NAD resolved to a delegate list, with the device plugin resource it
+/// names (`k8s.v1.cni.cncf.io/resourceName`), if any.
 fn nad_network(
     source: &Source,
     ns: &str,
     name: &str,
     default_version: Version,
-) -> Result<(String, NetworkList)> {
+) -> Result<(String, NetworkList, Option<String>)> {
     let id = format!("{ns}/{name}");
     let nad = source
         .nad(ns, name)
@@ -384,7 +399,53 @@ fn nad_network(
     if list.name.is_empty() {
         list.name = name.to_string();
     }
-    Ok((id, list))
+    let resource = nad
+        .annotations
+        .get(netattach::RESOURCE_NAME_ANNOTATION)
+        .filter(|r| !r.is_empty())
+        .cloned();
+    Ok((id, list, resource))
+}
+
+/// Devices allocated to the pod, read once per ADD when a network needs one.
+struct DeviceLookup<'a> {
+    conf: &'a NetConf,
+    pod_uid: Option<String>,
+    loaded: Option<crate::devices::Allocations>,
+}
+
+impl DeviceLookup<'_> {
+    /// Gives `list` the next device of `resource` (as `deviceID` in the
+    /// delegate config, where SR-IOV style plugins read it) and returns the
+    /// device plugin's device-info for it.
+    fn attach(
+        &mut self,
+        network: &str,
+        resource: Option<&str>,
+        list: &mut NetworkList,
+    ) -> Result<Option<netattach::status::DeviceInfo>> {
+        let Some(resource) = resource else {
+            return Ok(None);
+        };
+        let uid = self.pod_uid.clone().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("network {network}: needs resource {resource} but the pod UID is unknown"),
+            )
+        })?;
+        let allocations = match &mut self.loaded {
+            Some(a) => a,
+            None => self.loaded.insert(crate::devices::Allocations::load(
+                &self.conf.kubelet_checkpoint,
+                &uid,
+            )?),
+        };
+        let device = allocations.take(resource, network)?;
+        if let Some(first) = list.plugins.first_mut() {
+            first.insert("deviceID".into(), Value::String(device.clone()));
+        }
+        crate::devices::read_device_info(&self.conf.device_info_dir, resource, &device)
+    }
 }
 
 /// Applies `default-route` requests; returns the index of the attachment that
@@ -453,7 +514,7 @@ fn network_statuses(
                 default,
                 dns: Some(r.dns.clone()).filter(|d| !d.is_empty()),
                 gateway,
-                device_info: None,
+                device_info: p.device_info.clone(),
             }
         })
         .collect()

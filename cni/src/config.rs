@@ -30,6 +30,10 @@ pub struct NetConf {
     pub state_dir: PathBuf,
     pub status_dir: PathBuf,
     pub system_namespace: String,
+    /// kubelet's device checkpoint: which devices each pod holds.
+    pub kubelet_checkpoint: PathBuf,
+    /// Where device plugins write NPWG device-info files.
+    pub device_info_dir: PathBuf,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
     /// Attach the secondary networks concurrently (default); `false` keeps
@@ -67,6 +71,10 @@ struct Wire {
     status_dir: Option<PathBuf>,
     #[serde(default)]
     system_namespace: Option<String>,
+    #[serde(default)]
+    kubelet_checkpoint: Option<PathBuf>,
+    #[serde(default)]
+    device_info_dir: Option<PathBuf>,
     #[serde(default)]
     log_level: Option<String>,
     #[serde(default)]
@@ -122,6 +130,12 @@ impl NetConf {
             system_namespace: wire
                 .system_namespace
                 .unwrap_or_else(|| DEFAULT_SYSTEM_NAMESPACE.to_string()),
+            kubelet_checkpoint: wire
+                .kubelet_checkpoint
+                .unwrap_or_else(|| PathBuf::from(crate::devices::DEFAULT_CHECKPOINT)),
+            device_info_dir: wire
+                .device_info_dir
+                .unwrap_or_else(|| PathBuf::from(crate::devices::DEFAULT_DEVICE_INFO_DIR)),
             log_level: wire.log_level,
             log_file: wire.log_file,
             parallel: wire.parallel.unwrap_or(true),

@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod config;
 pub mod delegate;
+pub mod devices;
 pub mod plugin;
 pub mod routes;
 pub mod source;
