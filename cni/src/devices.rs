@@ -107,12 +107,13 @@ impl Allocations {
 }
 
 /// The device-info file the device plugin wrote for `device_id`, if any:
-/// `<dir>/<resource with '/' as '-'>-<device id>-device.json`.
+/// `<dir>/<resource>-<device id>-device.json`, each with '/' as '-' (the
+/// name virtlink-device-plugin writes).
 pub fn device_info_path(dir: &Path, resource: &str, device_id: &str) -> PathBuf {
     dir.join(format!(
         "{}-{}-device.json",
         resource.replace('/', "-"),
-        device_id
+        device_id.replace('/', "-")
     ))
 }
 
