@@ -95,71 +95,91 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
     let total = 4;
     step(1, total, &format!("reading {}", file.display()));
     let manifests = env.dir.join("manifests");
-    std::fs::create_dir_all(&manifests)
-        .with_context(|| format!("create {}", manifests.display()))?;
-    std::fs::copy(file, manifests.join("objects.yaml"))
-        .with_context(|| format!("read {}", file.display()))?;
-    let source =
-        DirSource::load(&manifests).with_context(|| format!("parse {}", file.display()))?;
-    let pods: Vec<_> = source.pods().cloned().collect();
-    if pods.is_empty() {
-        bail!("{} has no Pod to attach", file.display());
-    }
-    let bin = env.dir.join("bin");
-    runtime::make_bin_dir(&bin)?;
-    let conf = plugin_config(&env, &source);
-    std::fs::write(
-        env.dir.join("virtlink.conf"),
-        serde_json::to_vec_pretty(&conf)?,
-    )?;
-
-    step(2, total, &format!("creating node namespace {}", env.node));
-    runtime::create_node(&env.node)?;
-
-    step(
-        3,
-        total,
-        &format!("attaching {} pod(s) through virtlink-cni", pods.len()),
-    );
-    let plugin = bin.join("virtlink-cni");
-    for pod in &pods {
-        let ns = env.pod_netns(&pod.name);
-        let path =
-            netattach::netns::create(&ns).with_context(|| format!("create pod namespace {ns}"))?;
-        runtime::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let cid = env.container_id(&pod.name);
-        let args = runtime::k8s_args(
-            &pod.namespace,
-            &pod.name,
-            pod.uid.as_deref().unwrap_or(""),
-            &cid,
-        );
-        let call = runtime::call_cni(
-            &plugin,
-            &env.node_path(),
-            "ADD",
-            &cid,
-            &path.to_string_lossy(),
-            "eth0",
-            &args,
-            &bin,
-            &conf,
-            &[],
+    let prepared = (|| -> Result<_> {
+        std::fs::create_dir_all(&manifests)
+            .with_context(|| format!("create {}", manifests.display()))?;
+        std::fs::copy(file, manifests.join("objects.yaml"))
+            .with_context(|| format!("read {}", file.display()))?;
+        let source =
+            DirSource::load(&manifests).with_context(|| format!("parse {}", file.display()))?;
+        let pods: Vec<_> = source.pods().cloned().collect();
+        if pods.is_empty() {
+            bail!("{} has no Pod to attach", file.display());
+        }
+        let bin = env.dir.join("bin");
+        runtime::make_bin_dir(&bin)?;
+        let conf = plugin_config(&env, &source);
+        std::fs::write(
+            env.dir.join("virtlink.conf"),
+            serde_json::to_vec_pretty(&conf)?,
         )?;
-        if !call.ok {
-            bail!(
-                "ADD of pod {}/{} failed: {}",
+        Ok((pods, bin, conf))
+    })();
+    let (pods, bin, conf) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&env.dir);
+            return Err(e);
+        }
+    };
+
+    // From here on a failure takes down whatever was made.
+    let attached = (|| -> Result<()> {
+        step(2, total, &format!("creating node namespace {}", env.node));
+        runtime::create_node(&env.node)?;
+        step(
+            3,
+            total,
+            &format!("attaching {} pod(s) through virtlink-cni", pods.len()),
+        );
+        let plugin = bin.join("virtlink-cni");
+        for pod in &pods {
+            let ns = env.pod_netns(&pod.name);
+            let path = netattach::netns::create(&ns)
+                .with_context(|| format!("create pod namespace {ns}"))?;
+            runtime::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            let cid = env.container_id(&pod.name);
+            let args = runtime::k8s_args(
+                &pod.namespace,
+                &pod.name,
+                pod.uid.as_deref().unwrap_or(""),
+                &cid,
+            );
+            let call = runtime::call_cni(
+                &plugin,
+                &env.node_path(),
+                "ADD",
+                &cid,
+                &path.to_string_lossy(),
+                "eth0",
+                &args,
+                &bin,
+                &conf,
+                &[],
+            )?;
+            if !call.ok {
+                bail!(
+                    "ADD of pod {}/{} failed: {}",
+                    pod.namespace,
+                    pod.name,
+                    call.output
+                );
+            }
+            eprintln!(
+                "      {}/{}: ADD in {} ms",
                 pod.namespace,
                 pod.name,
-                call.output
+                call.elapsed.as_millis()
             );
         }
-        eprintln!(
-            "      {}/{}: ADD in {} ms",
-            pod.namespace,
-            pod.name,
-            call.elapsed.as_millis()
-        );
+        Ok(())
+    })();
+    if let Err(e) = attached {
+        eprintln!("setting up failed: removing what was made");
+        if let Err(d) = down(file, run_dir) {
+            eprintln!("{d:#}");
+        }
+        return Err(e);
     }
 
     let mut statuses = BTreeMap::new();
