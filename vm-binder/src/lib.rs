@@ -1,1 +1,487 @@
-//! VM interface bindings: not built yet (issue: VM binder).
+//! VM interface bindings: connects a KubeVirt launcher pod's interfaces
+//! (created by the CNI plugin: `eth0`, `net1`, ...) to the VM's interfaces.
+//!
+//! - [`spec`]: the VM spec's interfaces and networks, mapped to pod interfaces;
+//! - [`bridge`], [`masquerade`], [`sriov`]: the three bindings;
+//! - [`dhcp`]: the DHCPv4 server that tells the guest its address;
+//! - [`hypervisor`]: QEMU arguments and libvirt XML for tap NICs.
+//!
+//! [`bind`] and [`unbind`] are the entry points for the CLI.
+
+pub mod bridge;
+pub mod dhcp;
+pub mod hypervisor;
+pub mod mac;
+pub mod masquerade;
+pub mod netlink;
+pub mod spec;
+pub mod sriov;
+pub mod tap;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv4Net};
+use netattach::status::NetworkStatus;
+use serde::Serialize;
+
+pub use mac::Mac;
+pub use spec::{BindingKind, PlannedInterface, Vm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] spec::Error),
+    #[error(transparent)]
+    Netns(#[from] netattach::netns::Error),
+    #[error("interface {iface}: {step}")]
+    Step {
+        iface: String,
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {iface}: invalid macAddress")]
+    Mac {
+        iface: String,
+        #[source]
+        source: mac::ParseMacError,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    iface: &str,
+    step: &'static str,
+) -> impl FnOnce(E) -> Error {
+    let iface = iface.to_string();
+    move |e| Error::Step {
+        iface,
+        step,
+        source: Box::new(e),
+    }
+}
+
+/// Settings that are not in the VM spec.
+#[derive(Debug, Clone)]
+pub struct BindOptions {
+    /// The masquerade binding's private subnets.
+    pub masquerade: masquerade::MasqueradeConfig,
+    /// Where the guest's DNS settings come from (the launcher pod's own).
+    pub resolv_conf: PathBuf,
+    /// The sysfs root for passthrough devices (`/sys`; tests use a temp dir).
+    pub sysfs_root: PathBuf,
+    /// The uid the hypervisor runs as, to own the taps.
+    pub tap_owner: Option<u32>,
+    /// Start the DHCP servers (off when the guest is configured otherwise).
+    pub dhcp: bool,
+    /// DHCP lease time, seconds.
+    pub lease_time: u32,
+}
+
+impl Default for BindOptions {
+    fn default() -> Self {
+        Self {
+            masquerade: masquerade::MasqueradeConfig::default(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            sysfs_root: PathBuf::from("/sys"),
+            tap_owner: None,
+            dhcp: true,
+            lease_time: 86400,
+        }
+    }
+}
+
+/// One VM interface after binding: what the hypervisor and the user need.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoundInterface {
+    pub name: String,
+    pub network: String,
+    pub binding: BindingKind,
+    pub pod_interface: String,
+    /// The guest's MAC.
+    pub mac: Mac,
+    /// The guest's address (from DHCP), when the binder knows it.
+    pub ip: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    /// The tap the hypervisor opens (not for passthrough).
+    pub tap: Option<String>,
+    /// The PCI device (passthrough only).
+    pub pci_address: Option<String>,
+    pub qemu_args: Vec<String>,
+    pub libvirt_xml: String,
+    /// The device the DHCP server answers on.
+    pub dhcp_device: Option<String>,
+    /// The lease the DHCP server hands out.
+    pub lease: Option<dhcp::Lease>,
+}
+
+/// The result of [`bind`]: the interfaces and the running DHCP servers.
+/// Dropping it stops the servers but leaves the kernel objects; use
+/// [`Binding::unbind`] (or [`unbind`]) to remove them.
+#[derive(Debug)]
+pub struct Binding {
+    pub netns: PathBuf,
+    pub interfaces: Vec<BoundInterface>,
+    servers: Vec<dhcp::DhcpServer>,
+}
+
+impl Binding {
+    /// All QEMU arguments for the VM's network interfaces.
+    pub fn qemu_args(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .flat_map(|i| i.qemu_args.iter().cloned())
+            .collect()
+    }
+
+    /// Devices with a running DHCP server.
+    pub fn dhcp_devices(&self) -> Vec<&str> {
+        self.servers.iter().map(|s| s.device()).collect()
+    }
+
+    /// Stops the DHCP servers and undoes every interface's binding.
+    pub fn unbind(mut self, vm: &Vm, network_status: &[NetworkStatus]) -> Result<()> {
+        for s in self.servers.drain(..) {
+            s.stop();
+        }
+        unbind(vm, &self.netns, network_status)
+    }
+}
+
+/// The guest tap of the VM interface at `index`.
+pub fn tap_name(index: usize) -> String {
+    format!("tap{index}")
+}
+
+fn guest_mac(vm: &Vm, p: &PlannedInterface) -> Result<Mac> {
+    match &p.mac {
+        Some(m) => m.parse().map_err(|source| Error::Mac {
+            iface: p.name.clone(),
+            source,
+        }),
+        None => Ok(Mac::stable(&vm.namespace, &vm.name, &p.name)),
+    }
+}
+
+fn mtu16(mtu: Option<u32>) -> Option<u16> {
+    mtu.and_then(|m| u16::try_from(m).ok())
+}
+
+/// Connects every VM interface to its pod interface in the namespace at
+/// `pod_netns`, starts the DHCP servers, and returns what the hypervisor
+/// needs. On error, whatever was bound is unbound again.
+pub fn bind(
+    vm: &Vm,
+    pod_netns: &Path,
+    network_status: &[NetworkStatus],
+    opts: &BindOptions,
+) -> Result<Binding> {
+    let plan = vm.plan(network_status)?;
+    let mut binding = Binding {
+        netns: pod_netns.to_path_buf(),
+        interfaces: Vec::new(),
+        servers: Vec::new(),
+    };
+    let resolv = if opts.dhcp && plan.iter().any(|p| p.binding != BindingKind::Sriov) {
+        dhcp::Resolv::read(&opts.resolv_conf).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no DNS settings for the guest");
+            dhcp::Resolv::default()
+        })
+    } else {
+        dhcp::Resolv::default()
+    };
+    for p in &plan {
+        match bind_one(vm, p, pod_netns, opts, &resolv) {
+            Ok((iface, server)) => {
+                binding.interfaces.push(iface);
+                binding.servers.extend(server);
+            }
+            Err(e) => {
+                for s in binding.servers.drain(..) {
+                    s.stop();
+                }
+                if let Err(undo) = unbind(vm, pod_netns, network_status) {
+                    tracing::warn!(error = %undo, "rollback after a failed bind");
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(binding)
+}
+
+fn bind_one(
+    vm: &Vm,
+    p: &PlannedInterface,
+    netns: &Path,
+    opts: &BindOptions,
+    resolv: &dhcp::Resolv,
+) -> Result<(BoundInterface, Option<dhcp::DhcpServer>)> {
+    let mut mac = guest_mac(vm, p)?;
+    let tap = tap_name(p.index);
+    let mut out = BoundInterface {
+        name: p.name.clone(),
+        network: p.network.clone(),
+        binding: p.binding,
+        pod_interface: p.pod_interface.clone(),
+        mac,
+        ip: None,
+        gateway: None,
+        tap: None,
+        pci_address: None,
+        qemu_args: Vec::new(),
+        libvirt_xml: String::new(),
+        dhcp_device: None,
+        lease: None,
+    };
+    let base_lease = |mac: Mac,
+                      address: Ipv4Net,
+                      gateway,
+                      server_id,
+                      mtu,
+                      extra: &[(Ipv4Net, std::net::Ipv4Addr)]| dhcp::Lease {
+        client_mac: Some(mac),
+        address,
+        gateway,
+        server_id,
+        dns: resolv.nameservers.clone(),
+        search: resolv.search.clone(),
+        domain: resolv.domain.clone(),
+        mtu: mtu16(mtu),
+        hostname: Some(vm.name.clone()),
+        routes: dhcp::Lease::routes_for(address, gateway, extra),
+        lease_time: opts.lease_time,
+    };
+    let mtu = match p.binding {
+        BindingKind::Sriov => {
+            let info = p
+                .status
+                .as_ref()
+                .and_then(|s| s.device_info.as_ref())
+                .ok_or_else(|| Error::Step {
+                    iface: p.name.clone(),
+                    step: "find device-info in network-status",
+                    source: "no device-info for the network".into(),
+                })?;
+            let address =
+                sriov::address_from_device_info(info).map_err(step(&p.name, "read PCI address"))?;
+            let pt = sriov::Passthrough {
+                name: p.name.clone(),
+                address,
+                mac,
+                vlan: info.vlan.as_ref().map(|v| v.id),
+            };
+            pt.check(&opts.sysfs_root)
+                .map_err(step(&p.name, "check PCI device"))?;
+            out.pci_address = Some(address.to_string());
+            out.qemu_args = pt.qemu_args();
+            out.libvirt_xml = pt.libvirt_xml();
+            return Ok((out, None));
+        }
+        BindingKind::Bridge => {
+            let (pod_if, tap2, index, owner) = (
+                p.pod_interface.clone(),
+                tap.clone(),
+                p.index,
+                opts.tap_owner,
+            );
+            let saved = netattach::netns::run_in(netns, move || {
+                bridge::bind(&pod_if, &tap2, index, owner)
+            })?
+            .map_err(step(&p.name, "bridge binding"))?;
+            let server_id = bridge::server_address(p.index);
+            // Without a macAddress in the spec the guest takes over the pod
+            // interface's original MAC (the pod interface got a new one).
+            if p.mac.is_none() {
+                mac = saved.mac;
+                out.mac = mac;
+            }
+            if let Some(address) = saved.ipv4() {
+                let extra: Vec<_> = saved
+                    .routes
+                    .iter()
+                    .filter_map(|r| Some((r.dst, r.gateway?)))
+                    .collect();
+                let lease = base_lease(mac, address, saved.gateway(), server_id, saved.mtu, &extra);
+                out.ip = Some(IpNet::V4(address));
+                out.gateway = saved.gateway().map(IpAddr::V4);
+                out.lease = Some(lease);
+                out.dhcp_device = Some(bridge::bridge_name(&p.pod_interface));
+            }
+            saved.mtu
+        }
+        BindingKind::Masquerade => {
+            let (gw, guest) = opts
+                .masquerade
+                .v4()
+                .map_err(step(&p.name, "masquerade subnet"))?;
+            let v6 = opts
+                .masquerade
+                .v6()
+                .map_err(step(&p.name, "masquerade subnet"))?;
+            let (pod_if, tap2, owner, cfg) = (
+                p.pod_interface.clone(),
+                tap.clone(),
+                opts.tap_owner,
+                opts.masquerade,
+            );
+            let ports: Vec<(spec::Protocol, u16)> = p
+                .ports
+                .iter()
+                .filter_map(|port| Some((port.protocol().ok()?, port.port)))
+                .collect();
+            for (_, port) in &ports {
+                if masquerade::ISTIO_PORTS.contains(port) {
+                    tracing::warn!(iface = %p.name, port, "Istio port is never forwarded");
+                }
+            }
+            let forward = if ports.is_empty() {
+                masquerade::Forward::All
+            } else {
+                masquerade::Forward::Ports(ports)
+            };
+            let table = masquerade::table_name(&p.name);
+            let name = p.name.clone();
+            let mtu = netattach::netns::run_in(netns, move || {
+                masquerade_bind(
+                    &name, &pod_if, &tap2, owner, cfg, gw, guest, v6, table, forward,
+                )
+            })??;
+            let address = Ipv4Net::new(guest, opts.masquerade.ipv4.prefix_len())
+                .map_err(step(&p.name, "masquerade subnet"))?;
+            out.ip = Some(IpNet::V4(address));
+            out.gateway = Some(IpAddr::V4(gw));
+            out.lease = Some(base_lease(mac, address, Some(gw), gw, mtu, &[]));
+            out.dhcp_device = Some(tap.clone());
+            mtu
+        }
+    };
+    let nic = hypervisor::TapNic {
+        name: &p.name,
+        tap: &tap,
+        mac,
+        mtu,
+    };
+    out.qemu_args = nic.qemu_args();
+    out.libvirt_xml = nic.libvirt_xml();
+    out.tap = Some(tap.clone());
+    let server = match (&out.lease, &out.dhcp_device) {
+        (Some(lease), Some(dev)) if opts.dhcp => Some(
+            dhcp::DhcpServer::start(netns, dev, lease.clone())
+                .map_err(step(&p.name, "start DHCP server"))?,
+        ),
+        _ => None,
+    };
+    Ok((out, server))
+}
+
+/// The masquerade binding's kernel work, inside the pod's namespace.
+/// Returns the pod interface's MTU.
+#[allow(clippy::too_many_arguments)]
+fn masquerade_bind(
+    iface: &str,
+    pod_if: &str,
+    tap_name: &str,
+    owner: Option<u32>,
+    cfg: masquerade::MasqueradeConfig,
+    gw: std::net::Ipv4Addr,
+    guest: std::net::Ipv4Addr,
+    v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
+    table: String,
+    forward: masquerade::Forward,
+) -> Result<Option<u32>> {
+    let n = netlink::Netlink::new().map_err(step(iface, "open netlink"))?;
+    let pod = n
+        .link(pod_if)
+        .map_err(step(iface, "find pod interface"))?
+        .ok_or_else(|| Error::Step {
+            iface: iface.to_string(),
+            step: "find pod interface",
+            source: format!("no interface {pod_if}").into(),
+        })?;
+    let addrs = n
+        .global_addrs(pod.index)
+        .map_err(step(iface, "read pod addresses"))?;
+    let pod_v4 = addrs.iter().find_map(|a| match a {
+        IpNet::V4(n) => Some(n.addr()),
+        IpNet::V6(_) => None,
+    });
+    let pod_v6 = addrs.iter().find_map(|a| match a {
+        IpNet::V6(n) => Some(n.addr()),
+        IpNet::V4(_) => None,
+    });
+    let v6 = if pod_v6.is_some() { v6 } else { None };
+    tap::create_persistent(tap_name, owner).map_err(step(iface, "create tap"))?;
+    let t = n
+        .link(tap_name)
+        .map_err(step(iface, "find tap"))?
+        .ok_or_else(|| Error::Step {
+            iface: iface.to_string(),
+            step: "find tap",
+            source: format!("tap {tap_name} vanished").into(),
+        })?;
+    if let Some(mtu) = pod.mtu {
+        n.set_mtu(&t, mtu).map_err(step(iface, "set tap MTU"))?;
+    }
+    let gw_net = Ipv4Net::new(gw, cfg.ipv4.prefix_len()).map_err(step(iface, "gateway address"))?;
+    n.add_addr(&t, IpNet::V4(gw_net))
+        .map_err(step(iface, "add gateway address to tap"))?;
+    if let (Some((gw6, _)), Some(net6)) = (v6, cfg.ipv6) {
+        let gw6 =
+            ipnet::Ipv6Net::new(gw6, net6.prefix_len()).map_err(step(iface, "gateway address"))?;
+        n.add_addr(&t, IpNet::V6(gw6))
+            .map_err(step(iface, "add IPv6 gateway address to tap"))?;
+    }
+    n.set_up(&t).map_err(step(iface, "set tap up"))?;
+    masquerade::enable_forwarding(v6.is_some()).map_err(step(iface, "enable forwarding"))?;
+    let rules = masquerade::Ruleset {
+        table,
+        pod_if: pod_if.to_string(),
+        tap: tap_name.to_string(),
+        pod_v4,
+        pod_v6,
+        guest_v4: guest,
+        guest_v6: v6.map(|(_, g)| g),
+        forward,
+    };
+    masquerade::load(&rules).map_err(step(iface, "load nftables ruleset"))?;
+    Ok(pod.mtu)
+}
+
+/// Undoes the bindings of every VM interface in `pod_netns`, from the spec
+/// alone (so it works after a restart of the binder). Removing what is
+/// already gone is fine; the first real failure is returned after trying
+/// every interface.
+pub fn unbind(vm: &Vm, pod_netns: &Path, network_status: &[NetworkStatus]) -> Result<()> {
+    let plan = vm.plan(network_status)?;
+    let mut first_err = None;
+    for p in plan {
+        let tap = tap_name(p.index);
+        let pod_if = p.pod_interface.clone();
+        let name = p.name.clone();
+        let r: Result<()> = match p.binding {
+            BindingKind::Sriov => Ok(()),
+            BindingKind::Bridge => netattach::netns::run_in(pod_netns, move || {
+                bridge::unbind(&pod_if, &tap).map(|_| ())
+            })
+            .map_err(Error::from)
+            .and_then(|r| r.map_err(step(&name, "undo bridge binding"))),
+            BindingKind::Masquerade => netattach::netns::run_in(pod_netns, move || {
+                masquerade::unload(&masquerade::table_name(&name))
+                    .map_err(step(&name, "remove nftables table"))?;
+                netlink::Netlink::new()
+                    .and_then(|n| n.del_link(&tap))
+                    .map_err(step(&name, "delete tap"))
+            })
+            .map_err(Error::from)
+            .and_then(|r| r),
+        };
+        if let Err(e) = r {
+            tracing::warn!(iface = %p.name, error = %e, "unbind");
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

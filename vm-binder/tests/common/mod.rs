@@ -1,0 +1,286 @@
+//! Helpers for vm-binder's integration tests: namespaces removed on drop,
+//! `ip`/`nft` inside them, and a fake guest on a tap (raw Ethernet frames).
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
+
+/// Skips the test loudly when not root (CI here always is).
+pub fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED: needs root (CAP_NET_ADMIN) for network namespaces");
+        false
+    }
+}
+
+/// A unique short name: `<prefix><pid><n>`, at most 15 bytes.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut s = format!(
+        "{prefix}{}{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    s.truncate(15);
+    s
+}
+
+/// A named network namespace deleted on drop.
+pub struct Ns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Ns {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        let path = netattach::netns::create(&name).with_context(|| format!("create {name}"))?;
+        let ns = Ns { name, path };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .with_context(|| format!("run {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        self.exec("ip", args)
+    }
+
+    /// `ip -j link show NAME` as JSON, or None when it does not exist.
+    pub fn link(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.ip(&["-j", "-d", "link", "show", "dev", name]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v.get(0).cloned()
+    }
+
+    /// Global IPv4 addresses of a link, as `a.b.c.d/len`.
+    pub fn addrs4(&self, name: &str) -> Vec<String> {
+        let Ok(out) = self.ip(&["-j", "-4", "addr", "show", "dev", name, "scope", "global"]) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let mut res = Vec::new();
+        for l in v.as_array().into_iter().flatten() {
+            for a in l["addr_info"].as_array().into_iter().flatten() {
+                res.push(format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or(""),
+                    a["prefixlen"]
+                ));
+            }
+        }
+        res
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = netattach::netns::delete(&self.name);
+    }
+}
+
+/// A pod namespace whose `eth0` is a veth to a "network" namespace.
+pub struct Pod {
+    pub pod: Ns,
+    pub net: Ns,
+}
+
+pub const POD_IP: &str = "10.99.0.5";
+pub const NET_IP: &str = "10.99.0.1";
+
+impl Pod {
+    pub fn new() -> Result<Self> {
+        let pod = Ns::new("vbp")?;
+        let net = Ns::new("vbn")?;
+        let peer = unique("vbv");
+        pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &peer])?;
+        pod.ip(&["link", "set", &peer, "netns", &net.name])?;
+        pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
+        pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"])?;
+        pod.ip(&["route", "add", "default", "via", NET_IP])?;
+        pod.ip(&["route", "add", "10.96.0.0/12", "via", NET_IP])?;
+        net.ip(&["link", "set", &peer, "name", "eth0"])?;
+        net.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
+        net.ip(&["addr", "add", &format!("{NET_IP}/24"), "dev", "eth0"])?;
+        Ok(Pod { pod, net })
+    }
+}
+
+/// Fields are in network byte order on the wire.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + UDP around `payload`.
+pub fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    f.extend_from_slice(payload);
+    f
+}
+
+/// (source IP, UDP destination port, payload) of an IPv4/UDP frame.
+pub fn parse_udp(frame: &[u8]) -> Option<(Ipv4Addr, u16, &[u8])> {
+    if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let udp = 14 + ihl;
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let dport = u16::from_be_bytes([*frame.get(udp + 2)?, *frame.get(udp + 3)?]);
+    let len = usize::from(u16::from_be_bytes([
+        *frame.get(udp + 4)?,
+        *frame.get(udp + 5)?,
+    ]));
+    Some((src, dport, frame.get(udp + 8..udp + len)?))
+}
+
+/// The guest's end of a tap: raw Ethernet frames.
+pub struct FakeGuest {
+    pub tap: File,
+    pub mac: [u8; 6],
+}
+
+impl FakeGuest {
+    /// Attaches to `tap` inside the namespace at `netns`.
+    pub fn attach(netns: &std::path::Path, tap: &str, mac: [u8; 6]) -> Result<Self> {
+        let name = tap.to_string();
+        let file = netattach::netns::run_in(netns, move || vm_binder::tap::attach(&name))??;
+        let flags = nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+        flags.insert(nix::fcntl::OFlag::O_NONBLOCK);
+        nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Self { tap: file, mac })
+    }
+
+    pub fn dhcp_message(
+        &self,
+        kind: MessageType,
+        xid: u32,
+        requested: Option<Ipv4Addr>,
+    ) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_xid(xid)
+            .set_chaddr(&self.mac);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        if let Some(ip) = requested {
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        }
+        m
+    }
+
+    pub fn send_dhcp(&mut self, m: &Message) -> Result<()> {
+        let payload = vm_binder::dhcp::encode(m).context("encode")?;
+        let frame = udp_frame(
+            self.mac,
+            [0xff; 6],
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            68,
+            67,
+            &payload,
+        );
+        self.tap.write_all(&frame)?;
+        Ok(())
+    }
+
+    /// Waits for a DHCP reply with `xid`, resending `request` every second.
+    pub fn exchange(
+        &mut self,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<(Ipv4Addr, Message)> {
+        let deadline = Instant::now() + timeout;
+        let mut next_send = Instant::now();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if Instant::now() >= next_send {
+                self.send_dhcp(request)?;
+                next_send = Instant::now() + Duration::from_secs(1);
+            }
+            match self.tap.read(&mut buf) {
+                Ok(n) => {
+                    if let Some((src, 68, payload)) = parse_udp(&buf[..n]) {
+                        if let Some(m) = vm_binder::dhcp::decode(payload) {
+                            if m.xid() == request.xid() && m.opcode() == Opcode::BootReply {
+                                return Ok((src, m));
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no DHCP reply within {timeout:?}")
+    }
+}
+
+pub fn msg_type(m: &Message) -> Option<MessageType> {
+    match m.opts().get(OptionCode::MessageType) {
+        Some(DhcpOption::MessageType(t)) => Some(*t),
+        _ => None,
+    }
+}
