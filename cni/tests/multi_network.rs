@@ -120,25 +120,8 @@ fn three_networks_traffic_and_clean_delete_in_every_version() {
         node.call("DEL", None, "ctr-b", "b", &conf)
             .expect_ok("second DEL b");
 
-        assert!(
-            pa.links().is_empty() && pb.links().is_empty(),
-            "pod links left"
-        );
-        assert!(
-            node.veths().is_empty(),
-            "host veths left: {:?}",
-            node.veths()
-        );
-        assert!(
-            node.reserved_ips().is_empty(),
-            "host-local IPs left: {:?}",
-            node.reserved_ips()
-        );
-        assert!(
-            node.attachments().is_empty(),
-            "state left: {:?}",
-            node.attachments()
-        );
+        common::assert_clean(&node, &pa);
+        common::assert_clean(&node, &pb);
         assert!(
             !node.state().join("status/default/a.json").exists(),
             "status file left"

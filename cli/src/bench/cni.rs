@@ -115,47 +115,35 @@ fn through_virtlink(s: &Setup, cid: &str, netns: &str, parallel: bool) -> Result
 /// The same three delegates called directly, as a runtime would without virtlink.
 fn direct(s: &Setup, cid: &str, netns: &str) -> Result<Duration> {
     let ipam = s.dir.path().join("ipam");
-    let mut results = Vec::new();
     let mut total = Duration::ZERO;
-    for (ifname, conf) in delegates(&ipam) {
+    let mut call = |verb: &str, ifname: &str, conf: &Value| -> Result<Value> {
         let plugin = s.bin.join(conf["type"].as_str().unwrap_or_default());
         let c = call_cni(
             &plugin,
             &s.node_path,
-            "ADD",
+            verb,
             cid,
             netns,
             ifname,
             POD_ARGS,
             &s.bin,
-            &conf,
+            conf,
             &[],
         )?;
         if !c.ok {
-            bail!("direct ADD {ifname}: {}", c.output);
+            bail!("direct {verb} {ifname}: {}", c.output);
         }
         total += c.elapsed;
-        results.push((ifname, conf, c.output));
+        Ok(c.output)
+    };
+    let mut results = Vec::new();
+    for (ifname, conf) in delegates(&ipam) {
+        let out = call("ADD", ifname, &conf)?;
+        results.push((ifname, conf, out));
     }
     for (ifname, mut conf, prev) in results.into_iter().rev() {
         conf["prevResult"] = prev;
-        let plugin = s.bin.join(conf["type"].as_str().unwrap_or_default());
-        let c = call_cni(
-            &plugin,
-            &s.node_path,
-            "DEL",
-            cid,
-            netns,
-            ifname,
-            POD_ARGS,
-            &s.bin,
-            &conf,
-            &[],
-        )?;
-        if !c.ok {
-            bail!("direct DEL {ifname}: {}", c.output);
-        }
-        total += c.elapsed;
+        call("DEL", ifname, &conf)?;
     }
     Ok(total)
 }
