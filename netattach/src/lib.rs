@@ -1,10 +1,12 @@
 //! Types that several virtlink parts share.
 //!
-//! - [`nad`]: the NPWG `NetworkAttachmentDefinition` custom resource, used as is.
+//! - `nad` (feature `nad`): the NPWG `NetworkAttachmentDefinition` custom
+//!   resource, used as is; the only part that needs kube.
 //! - [`selection`]: the pod annotation `k8s.v1.cni.cncf.io/networks` (short and JSON forms).
 //! - [`status`]: the NPWG `network-status` list and `device-info`.
 //! - [`netns`]: running code inside a network namespace on a dedicated thread.
 
+#[cfg(feature = "nad")]
 pub mod nad;
 pub mod netns;
 pub mod selection;

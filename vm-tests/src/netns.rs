@@ -4,14 +4,11 @@
 //! the commands read like the manual steps they replace. Each guard removes
 //! what it made when dropped, also when the test fails.
 
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -29,20 +26,8 @@ pub enum Error {
         status: std::process::ExitStatus,
         stderr: String,
     },
-    #[error("open netns {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("enter netns {path}")]
-    Enter {
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
-    #[error("thread in netns {path} panicked")]
-    Panicked { path: PathBuf },
+    #[error(transparent)]
+    Netns(#[from] netattach::netns::Error),
     #[error("nothing listens on TCP port {port} in netns {netns} after {waited:?}")]
     NotListening {
         netns: String,
@@ -173,27 +158,7 @@ impl Netns {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let target = File::open(&self.path).map_err(|source| Error::Open {
-            path: self.path.clone(),
-            source,
-        })?;
-        let path = self.path.clone();
-        std::thread::Builder::new()
-            .name(format!("netns-{}", self.name))
-            .spawn(move || -> Result<T> {
-                // The thread ends after `f`, so it never needs to go back.
-                setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| Error::Enter { path, source })?;
-                Ok(f())
-            })
-            .map_err(|source| Error::Spawn {
-                command: "netns thread".into(),
-                source,
-            })?
-            .join()
-            .map_err(|_| Error::Panicked {
-                path: self.path.clone(),
-            })?
+        netattach::netns::run_in(&self.path, f).map_err(Error::from)
     }
 
     /// Waits until a TCP socket listens on `port` in this namespace.
