@@ -165,7 +165,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
     phase("results recorded");
 
     let finish = || -> Result<()> {
-        let route_owner = apply_default_routes(env, &plan, &results)?;
+        let route_owner = apply_default_routes(env, &plan)?;
         let statuses = network_statuses(&plan, &results, route_owner);
         if let Some(pod) = &pod {
             write_status_file(conf, pod, &statuses)?;
@@ -450,7 +450,7 @@ impl DeviceLookup<'_> {
 
 /// Applies `default-route` requests; returns the index of the attachment that
 /// now owns the default route.
-fn apply_default_routes(env: &Env, plan: &[Planned], results: &[CniResult]) -> Result<usize> {
+fn apply_default_routes(env: &Env, plan: &[Planned]) -> Result<usize> {
     let Some((idx, p)) = plan
         .iter()
         .enumerate()
@@ -469,7 +469,6 @@ fn apply_default_routes(env: &Env, plan: &[Planned], results: &[CniResult]) -> R
                 .context(format!("network {} default-route", p.network))
         },
     )?;
-    let _ = results;
     Ok(idx)
 }
 

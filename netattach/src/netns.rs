@@ -87,11 +87,6 @@ where
     })?
 }
 
-/// True when `path` names an existing network namespace file.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}
-
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/var/run/netns";
 

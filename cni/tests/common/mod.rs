@@ -7,7 +7,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -406,10 +406,6 @@ impl Outcome {
 
 pub fn plugin_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_virtlink-cni"))
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
