@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::{Pod, NET_IP, POD_IP};
-use vm_binder::{bind, BindOptions, Vm};
-use vm_tests::VmSpec;
 
 #[test]
 fn guest_takes_over_the_pod_address_on_the_bridge() -> Result<()> {
@@ -19,28 +17,14 @@ fn guest_takes_over_the_pod_address_on_the_bridge() -> Result<()> {
         return Ok(());
     }
     let pod = Pod::new()?;
-    let dir = tempfile::tempdir()?;
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 10.96.0.10\n")?;
-    let vm = Vm::parse(
+    let (vm, binding, guest, _dir) = common::bind_and_boot(
+        &pod,
         r#"{"metadata":{"name":"guest2","namespace":"test"},
             "spec":{"domain":{"devices":{"interfaces":[{"name":"default","bridge":{}}]}},
               "networks":[{"name":"default","pod":{}}]}}"#,
+        "vbbr",
     )?;
-    let opts = BindOptions {
-        resolv_conf: resolv,
-        ..Default::default()
-    };
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
     let mac = binding.interfaces[0].mac.to_string();
-    let guest = vm_tests::Vm::boot(
-        VmSpec::new(common::unique("vbbr"))
-            .netns(&pod.pod.path)
-            .qemu_args(binding.qemu_args())
-            .cmdline("virtlink.dhcp=1"),
-    )
-    .context("boot guest")?;
-    guest.wait_ready(Duration::from_secs(180))?;
 
     // The guest holds what the network gave the pod: address, MAC, gateway.
     let addr = guest.run_ok("ip -4 addr show eth0", Duration::from_secs(20))?;

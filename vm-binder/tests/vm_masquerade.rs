@@ -7,10 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use common::{Pod, NET_IP, POD_IP};
-use vm_binder::{bind, BindOptions, Vm};
-use vm_tests::VmSpec;
 
 #[test]
 fn guest_gets_dhcp_address_and_traffic_flows() -> Result<()> {
@@ -18,28 +16,14 @@ fn guest_gets_dhcp_address_and_traffic_flows() -> Result<()> {
         return Ok(());
     }
     let pod = Pod::new()?;
-    let dir = tempfile::tempdir()?;
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 10.96.0.10\n")?;
-    let vm = Vm::parse(
+    let (vm, binding, guest, _dir) = common::bind_and_boot(
+        &pod,
         r#"{"metadata":{"name":"guest1","namespace":"test"},
             "spec":{"domain":{"devices":{"interfaces":[
                 {"name":"default","masquerade":{},"ports":[{"port":5201}]}]}},
               "networks":[{"name":"default","pod":{}}]}}"#,
+        "vbvm",
     )?;
-    let opts = BindOptions {
-        resolv_conf: resolv,
-        ..Default::default()
-    };
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
-    let guest = vm_tests::Vm::boot(
-        VmSpec::new(common::unique("vbvm"))
-            .netns(&pod.pod.path)
-            .qemu_args(binding.qemu_args())
-            .cmdline("virtlink.dhcp=1"),
-    )
-    .context("boot guest")?;
-    guest.wait_ready(Duration::from_secs(180))?;
 
     let addr = guest.run_ok("ip -4 addr show eth0", Duration::from_secs(20))?;
     assert!(addr.contains("inet 10.0.2.2/24"), "{addr}");

@@ -284,3 +284,36 @@ pub fn msg_type(m: &Message) -> Option<MessageType> {
         _ => None,
     }
 }
+
+/// Binds `vm` (JSON) in the pod with a resolv.conf naming 10.96.0.10, boots
+/// a guest with exactly the QEMU arguments `bind` produced and DHCP on, and
+/// waits until it is ready. The guest is dropped (powered off) by the caller.
+pub fn bind_and_boot(
+    pod: &Pod,
+    vm_json: &str,
+    name_prefix: &str,
+) -> Result<(
+    vm_binder::Vm,
+    vm_binder::Binding,
+    vm_tests::Vm,
+    tempfile::TempDir,
+)> {
+    let dir = tempfile::tempdir()?;
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.96.0.10\n")?;
+    let vm = vm_binder::Vm::parse(vm_json)?;
+    let opts = vm_binder::BindOptions {
+        resolv_conf: resolv,
+        ..Default::default()
+    };
+    let binding = vm_binder::bind(&vm, &pod.pod.path, &[], &opts)?;
+    let guest = vm_tests::Vm::boot(
+        vm_tests::VmSpec::new(unique(name_prefix))
+            .netns(&pod.pod.path)
+            .qemu_args(binding.qemu_args())
+            .cmdline("virtlink.dhcp=1"),
+    )
+    .context("boot guest")?;
+    guest.wait_ready(Duration::from_secs(180))?;
+    Ok((vm, binding, guest, dir))
+}
