@@ -20,6 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic is a failed test
 
+mod common;
 mod cri;
 
 use std::path::{Path, PathBuf};

@@ -88,14 +88,27 @@ impl Netns {
         ))
     }
 
-    /// Link names in the namespace, `lo` excluded.
+    /// Runs `ip -n NAME ARGS` (a command line after `ip -n NAME`).
+    pub fn ip(&self, args: &str) -> String {
+        sh(&format!("ip -n {} {args}", self.name))
+    }
+
+    /// Runs a command line inside the namespace (no shell inside).
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+
+    /// Link names in the namespace, `lo` excluded, sorted.
     pub fn links(&self) -> Vec<String> {
-        self.sh("ip -o link show")
+        let mut v: Vec<String> = self
+            .sh("ip -o link show")
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
             .filter(|n| n != "lo")
-            .collect()
+            .collect();
+        v.sort();
+        v
     }
 
     /// IPv4 addresses (with prefix) of one interface.

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use crate::common::{sh, unique, Netns};
+
+static SUBNETS: AtomicUsize = AtomicUsize::new(0);
+
 /// The image the tests build and import: busybox-static + catatonit as pause.
 pub const IMAGE: &str = "virtlink.test/cri:1";
 /// The Debian reference plugins.
@@ -36,22 +40,11 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// it cannot share the system python.
 pub const DEFAULT_CRI_VENV: &str = "/opt/virtlink/cri-venv";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A short name unique to this process and call (interface names have 15 bytes).
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 /// A second octet (100..=199) for a test's subnets `10.N.x.0/24`. The node
 /// namespace already keeps each test's routes apart; distinct subnets also
 /// keep concurrently running tests apart in logs and host-local data.
 pub fn subnet_octet() -> u32 {
-    100 + (std::process::id() + 37 * COUNTER.fetch_add(1, Ordering::SeqCst) as u32) % 100
+    100 + (std::process::id() + 37 * SUBNETS.fetch_add(1, Ordering::SeqCst) as u32) % 100
 }
 
 fn support(file: &str) -> PathBuf {
@@ -67,22 +60,6 @@ pub fn cri_python() -> PathBuf {
         .join("bin/python")
 }
 
-/// Runs `sh -c cmd`; panics with its output when it fails.
-pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Why the containerd tests cannot run here, if they cannot; `None` when they can.
 /// Missing packages are not a reason: scripts/setup.sh installs them, and a
 /// test without them fails.
@@ -91,58 +68,6 @@ pub fn skip_reason() -> Option<String> {
         return Some("needs root (network namespaces, mounts, containerd)".into());
     }
     None
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Self {
-        let name = unique(prefix);
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// Runs `ip -n NAME ARGS` (a command line after `ip -n NAME`).
-    pub fn ip(&self, args: &str) -> String {
-        sh(&format!("ip -n {} {args}", self.name))
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, cmd: &str) -> String {
-        sh(&format!("ip netns exec {} {cmd}", self.name))
-    }
-
-    /// `name@peer` links as `name` (lo excluded), sorted.
-    pub fn links(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .ip("-o link show")
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n != "lo")
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// A peer on one network of the node: its own namespace with `eth0` (a veth
