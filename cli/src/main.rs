@@ -3,6 +3,7 @@
 //! `bench` measures virtlink against its baselines.
 
 mod bench;
+mod launcher;
 mod runtime;
 mod standalone;
 
@@ -41,6 +42,26 @@ enum Command {
         #[arg(long, default_value = standalone::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Run a shell command in a VM that `up FILE` started (over its serial
+    /// console); exits with the command's status.
+    Exec {
+        file: PathBuf,
+        vm: String,
+        /// The command (shell text).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        #[arg(long, default_value = standalone::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Seconds before the command is interrupted.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Standalone mode's virt-launcher for one VM (started by `up`).
+    #[command(hide = true)]
+    Launcher {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Benchmarks (figures go to docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -59,6 +80,17 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Up { file, run_dir } => standalone::up(&file, &run_dir),
         Command::Down { file, run_dir } => standalone::down(&file, &run_dir),
+        Command::Exec {
+            file,
+            vm,
+            command,
+            run_dir,
+            timeout,
+        } => match standalone::exec(&file, &run_dir, &vm, &command.join(" "), timeout) {
+            Ok(status) => return ExitCode::from(u8::try_from(status).unwrap_or(1)),
+            Err(e) => Err(e),
+        },
+        Command::Launcher { dir } => launcher::run(&dir),
         Command::Bench { what } => bench::run(what),
     };
     match outcome {

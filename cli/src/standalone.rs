@@ -1,16 +1,22 @@
-//! Standalone mode: the Pods and NetworkAttachmentDefinitions of one YAML
-//! file, attached on this machine by calling virtlink-cni exactly as a
-//! container runtime does, with no cluster. Everything lives in a node
-//! namespace `vl-<env>-node` and pod namespaces `vl-<env>-<pod>`.
+//! Standalone mode: the Pods, KubeVirt VirtualMachines (or VMIs) and
+//! NetworkAttachmentDefinitions of one YAML file, brought up on this machine
+//! with no cluster. Pods and each VM's launcher pod are attached by calling
+//! virtlink-cni exactly as a container runtime does; each VM then gets a
+//! launcher process (`virtlink launcher`, see [`crate::launcher`]) that binds
+//! its interfaces and boots it. Everything lives in a node namespace
+//! `vl-<env>-node` and pod namespaces `vl-<env>-<pod>`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use netattach::status::NetworkStatus;
 use serde_json::{json, Value};
 use virtlink_cni::source::dir::DirSource;
 
+use crate::launcher::{self, Launch, Phase};
 use crate::runtime;
 
 pub const DEFAULT_RUN_DIR: &str = "/run/virtlink";
@@ -86,25 +92,89 @@ fn plugin_config(env: &Env, source: &DirSource) -> Value {
     })
 }
 
+/// The VirtualMachines and VirtualMachineInstances of a YAML file.
+fn read_vms(file: &Path) -> Result<Vec<(serde_json::Value, vm_binder::Vm)>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(doc).with_context(|| format!("parse {}", file.display()))?;
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+        if kind != "VirtualMachine" && kind != "VirtualMachineInstance" {
+            continue;
+        }
+        let vm = vm_binder::Vm::parse(&value.to_string())
+            .with_context(|| format!("{kind} in {}", file.display()))?;
+        if out.iter().any(|(_, v): &(Value, vm_binder::Vm)| v.name == vm.name) {
+            bail!("two VMs named {} in {}", vm.name, file.display());
+        }
+        out.push((value, vm));
+    }
+    Ok(out)
+}
+
+/// The name of a VM's launcher pod (KubeVirt adds a random suffix).
+fn launcher_pod(vm: &vm_binder::Vm) -> String {
+    format!("virt-launcher-{}", vm.name)
+}
+
+/// The launcher pods of the VMs, as KubeVirt's virt-controller would make
+/// them: the networks annotation from the VM's multus networks.
+fn launcher_pods_yaml(vms: &[(Value, vm_binder::Vm)]) -> Result<String> {
+    let mut docs = Vec::new();
+    for (_, vm) in vms {
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": launcher_pod(vm),
+                "namespace": vm.namespace,
+                "uid": format!("standalone-{}-{}", vm.namespace, vm.name),
+                "labels": {"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": vm.name},
+                "annotations": vm_binder::launcher::pod_annotations(vm),
+            },
+        });
+        docs.push(serde_yaml::to_string(&pod)?);
+    }
+    Ok(docs.join("---\n"))
+}
+
+/// The pods' resolv.conf, as the kubelet writes it for a cluster's pods.
+fn resolv_conf(env: &Env, namespace: &str) -> Result<PathBuf> {
+    let path = env.dir.join(format!("resolv-{namespace}.conf"));
+    std::fs::write(
+        &path,
+        format!(
+            "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn vm_dir(env: &Env, vm: &str) -> PathBuf {
+    env.dir.join("vms").join(vm)
+}
+
 pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
     let env = Env::new(file, run_dir)?;
     if env.node_path().exists() {
         eprintln!("{} is already up: taking it down first", env.name);
         down(file, run_dir)?;
     }
-    let total = 4;
-    step(1, total, &format!("reading {}", file.display()));
     let manifests = env.dir.join("manifests");
     let prepared = (|| -> Result<_> {
+        let vms = read_vms(file)?;
         std::fs::create_dir_all(&manifests)
             .with_context(|| format!("create {}", manifests.display()))?;
         std::fs::copy(file, manifests.join("objects.yaml"))
             .with_context(|| format!("read {}", file.display()))?;
+        if !vms.is_empty() {
+            std::fs::write(manifests.join("launchers.yaml"), launcher_pods_yaml(&vms)?)?;
+        }
         let source =
             DirSource::load(&manifests).with_context(|| format!("parse {}", file.display()))?;
         let pods: Vec<_> = source.pods().cloned().collect();
         if pods.is_empty() {
-            bail!("{} has no Pod to attach", file.display());
+            bail!("{} has no Pod or VirtualMachine to attach", file.display());
         }
         let bin = env.dir.join("bin");
         runtime::make_bin_dir(&bin)?;
@@ -113,24 +183,44 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
             env.dir.join("virtlink.conf"),
             serde_json::to_vec_pretty(&conf)?,
         )?;
-        Ok((pods, bin, conf))
+        Ok((vms, pods, bin, conf))
     })();
-    let (pods, bin, conf) = match prepared {
+    let (vms, pods, bin, conf) = match prepared {
         Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&env.dir);
             return Err(e);
         }
     };
+    let check_pods = vms.is_empty() || pods.len() - vms.len() > 1;
+    let total = 3 + if vms.is_empty() { 0 } else { 3 } + usize::from(check_pods);
+    step(
+        1,
+        total,
+        &format!(
+            "read {}: {} pod(s), {} VM(s)",
+            file.display(),
+            pods.len() - vms.len(),
+            vms.len()
+        ),
+    );
 
     // From here on a failure takes down whatever was made.
-    let attached = (|| -> Result<()> {
+    let started = (|| -> Result<()> {
         step(2, total, &format!("creating node namespace {}", env.node));
         runtime::create_node(&env.node)?;
         step(
             3,
             total,
-            &format!("attaching {} pod(s) through virtlink-cni", pods.len()),
+            &format!(
+                "attaching {} pod(s) through virtlink-cni{}",
+                pods.len(),
+                if vms.is_empty() {
+                    ""
+                } else {
+                    " (VMs' launcher pods included)"
+                }
+            ),
         );
         let plugin = bin.join("virtlink-cni");
         for pod in &pods {
@@ -172,9 +262,31 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
                 call.elapsed.as_millis()
             );
         }
+        if !vms.is_empty() {
+            step(4, total, "preparing the guest image (built once, then cached)");
+            let t = Instant::now();
+            let image = vm_tests::GuestImage::ensure().context("build the guest image")?;
+            eprintln!(
+                "      {} ({:.1} s)",
+                image.dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            step(
+                5,
+                total,
+                &format!(
+                    "binding and booting {} VM(s) (QEMU without KVM: about 5-60 s)",
+                    vms.len()
+                ),
+            );
+            for (object, vm) in &vms {
+                start_launcher(&env, object, vm)?;
+            }
+            wait_for_vms(&env, &vms)?;
+        }
         Ok(())
     })();
-    if let Err(e) = attached {
+    if let Err(e) = started {
         eprintln!("setting up failed: removing what was made");
         if let Err(d) = down(file, run_dir) {
             eprintln!("{d:#}");
@@ -182,8 +294,69 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
         return Err(e);
     }
 
+    let statuses = read_statuses(&env, &pods)?;
+    let launchers: Vec<String> = vms.iter().map(|(_, vm)| launcher_pod(vm)).collect();
+    println!();
+    println!(
+        "{:<22} {:<16} {:<22} {:<18} {:<18} default",
+        "POD", "INTERFACE", "NETWORK", "IP", "MAC"
+    );
+    for (pod, list) in &statuses {
+        for s in list {
+            println!(
+                "{:<22} {:<16} {:<22} {:<18} {:<18} {}",
+                pod,
+                s.interface.as_deref().unwrap_or("-"),
+                s.name,
+                s.ips.first().map(String::as_str).unwrap_or("-"),
+                s.mac.as_deref().unwrap_or("-"),
+                if s.default { "yes" } else { "" }
+            );
+        }
+    }
+    let plain: BTreeMap<String, Vec<NetworkStatus>> = statuses
+        .iter()
+        .filter(|(p, _)| !launchers.contains(p))
+        .map(|(p, l)| (p.clone(), l.clone()))
+        .collect();
+    let mut failures = 0;
+    if !vms.is_empty() {
+        let guests = vm_table(&env, &vms)?;
+        step(
+            6,
+            total,
+            "checking traffic on every VM network, from inside the guests",
+        );
+        failures += vm_connectivity(&env, &guests, &plain, &statuses);
+    }
+    if check_pods {
+        step(
+            total,
+            total,
+            "checking traffic on every network between the pods",
+        );
+        failures += connectivity(&env, &plain);
+    }
+    println!();
+    if failures > 0 {
+        bail!(
+            "{failures} connectivity check(s) failed (logs in {})",
+            env.dir.display()
+        );
+    }
+    println!(
+        "all networks carry traffic. Remove everything with: virtlink down {}",
+        file.display()
+    );
+    Ok(())
+}
+
+fn read_statuses(
+    env: &Env,
+    pods: &[virtlink_cni::source::PodInfo],
+) -> Result<BTreeMap<String, Vec<NetworkStatus>>> {
     let mut statuses = BTreeMap::new();
-    for pod in &pods {
+    for pod in pods {
         let file = env
             .dir
             .join("state/status")
@@ -194,43 +367,322 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
         )?;
         statuses.insert(pod.name.clone(), list);
     }
-    println!();
-    println!(
-        "{:<10} {:<10} {:<22} {:<18} {:<18} default",
-        "POD", "INTERFACE", "NETWORK", "IP", "MAC"
-    );
-    for (pod, list) in &statuses {
-        for s in list {
-            println!(
-                "{:<10} {:<10} {:<22} {:<18} {:<18} {}",
-                pod,
-                s.interface.as_deref().unwrap_or("-"),
-                s.name,
-                s.ips.first().map(String::as_str).unwrap_or("-"),
-                s.mac.as_deref().unwrap_or("-"),
-                if s.default { "yes" } else { "" }
-            );
-        }
-    }
+    Ok(statuses)
+}
 
-    step(
-        4,
-        total,
-        "checking traffic on every network between the pods",
-    );
-    let failures = connectivity(&env, &statuses);
-    println!();
-    if failures > 0 {
-        bail!(
-            "{failures} connectivity check(s) failed (log: {})",
-            env.dir.join("virtlink-cni.log").display()
-        );
+/// Writes the VM's launch file and starts its launcher in its own session,
+/// so it outlives this command (until `down`).
+fn start_launcher(env: &Env, object: &Value, vm: &vm_binder::Vm) -> Result<()> {
+    let dir = vm_dir(env, &vm.name);
+    std::fs::create_dir_all(&dir)?;
+    let pod = launcher_pod(vm);
+    let status_file = env
+        .dir
+        .join("state/status")
+        .join(&vm.namespace)
+        .join(format!("{pod}.json"));
+    let launch = Launch {
+        vm: object.clone(),
+        pod_netns: Path::new(netattach::netns::NETNS_RUN_DIR).join(env.pod_netns(&pod)),
+        network_status: serde_json::from_slice(
+            &std::fs::read(&status_file)
+                .with_context(|| format!("read {}", status_file.display()))?,
+        )?,
+        resolv_conf: resolv_conf(env, &vm.namespace)?,
+    };
+    std::fs::write(dir.join("launch.json"), serde_json::to_vec_pretty(&launch)?)?;
+    let log = std::fs::File::create(dir.join("launcher.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["--log", "info", "launcher", "--dir"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it only detaches the child from
+    // this command's session and terminal before exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
     }
-    println!(
-        "all networks carry traffic. Remove everything with: virtlink down {}",
-        file.display()
+    let child = cmd.spawn().context("start the launcher")?;
+    eprintln!(
+        "      {}: launcher pid {} (log {})",
+        vm.name,
+        child.id(),
+        dir.join("launcher.log").display()
     );
     Ok(())
+}
+
+/// Waits until every launcher reports its VM ready, showing progress.
+fn wait_for_vms(env: &Env, vms: &[(Value, vm_binder::Vm)]) -> Result<()> {
+    let started = Instant::now();
+    let mut shown: BTreeMap<String, Phase> = BTreeMap::new();
+    loop {
+        let mut waiting = 0;
+        for (_, vm) in vms {
+            let dir = vm_dir(env, &vm.name);
+            let Some(state) = launcher::read_state(&dir) else {
+                waiting += 1;
+                continue;
+            };
+            if shown.get(&vm.name) != Some(&state.phase) {
+                eprintln!(
+                    "      {:>5.1} s  {}: {:?}",
+                    started.elapsed().as_secs_f64(),
+                    vm.name,
+                    state.phase
+                );
+                shown.insert(vm.name.clone(), state.phase);
+            }
+            match state.phase {
+                Phase::Ready => {}
+                Phase::Failed | Phase::Stopped => bail!(
+                    "VM {}: {} (log {})",
+                    vm.name,
+                    state.error.as_deref().unwrap_or("the launcher stopped"),
+                    dir.join("launcher.log").display()
+                ),
+                Phase::Binding | Phase::Booting => waiting += 1,
+            }
+        }
+        if waiting == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > launcher::BOOT_TIMEOUT + Duration::from_secs(30) {
+            bail!("VMs not ready after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A VM interface as the checks need it.
+struct GuestNic {
+    vm: String,
+    dir: PathBuf,
+    pod: String,
+    iface: launcher::GuestInterface,
+    /// The address the guest has on the NIC (from DHCP), e.g. `10.0.2.2/24`.
+    guest_ip: Option<String>,
+    /// The TCP ports the VM spec forwards (masquerade); empty means all.
+    ports: Vec<u16>,
+}
+
+/// Prints the VMs' interfaces with the addresses the guests really have.
+fn vm_table(env: &Env, vms: &[(Value, vm_binder::Vm)]) -> Result<Vec<GuestNic>> {
+    let mut out = Vec::new();
+    for (_, vm) in vms {
+        let dir = vm_dir(env, &vm.name);
+        let state = launcher::read_state(&dir).context("read the launcher state")?;
+        for iface in state.interfaces {
+            let guest_ip = match &iface.guest_nic {
+                Some(nic) => launcher::run_in_guest(
+                    &dir,
+                    &format!("ip -4 -o addr show dev {nic} scope global"),
+                    Duration::from_secs(20),
+                )
+                .ok()
+                .and_then(|(_, out)| {
+                    out.split_whitespace()
+                        .skip_while(|w| *w != "inet")
+                        .nth(1)
+                        .map(str::to_string)
+                }),
+                None => None,
+            };
+            let ports = vm
+                .interfaces()
+                .iter()
+                .find(|i| i.name == iface.bound.name)
+                .map(|i| {
+                    i.ports
+                        .iter()
+                        .filter(|p| p.protocol() == Ok(vm_binder::spec::Protocol::Tcp))
+                        .map(|p| p.port)
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(GuestNic {
+                vm: vm.name.clone(),
+                dir: dir.clone(),
+                pod: launcher_pod(vm),
+                iface,
+                guest_ip,
+                ports,
+            });
+        }
+    }
+    println!();
+    println!(
+        "{:<8} {:<10} {:<6} {:<16} {:<11} {:<18} {:<18} {:<16} POD INTERFACE",
+        "VM", "INTERFACE", "NIC", "NETWORK", "BINDING", "MAC", "GUEST IP (DHCP)", "LEASE"
+    );
+    for g in &out {
+        let b = &g.iface.bound;
+        println!(
+            "{:<8} {:<10} {:<6} {:<16} {:<11} {:<18} {:<18} {:<16} {}",
+            g.vm,
+            b.name,
+            g.iface.guest_nic.as_deref().unwrap_or("-"),
+            b.network,
+            b.binding.to_string(),
+            b.mac.to_string(),
+            g.guest_ip.as_deref().unwrap_or("-"),
+            b.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            b.pod_interface
+        );
+    }
+    Ok(out)
+}
+
+/// From inside each guest, on each of its networks: a ping to a pod (or
+/// another VM) on the same network; for masquerade interfaces also an
+/// inbound TCP connection from a pod to the launcher pod's IP.
+fn vm_connectivity(
+    env: &Env,
+    guests: &[GuestNic],
+    pods: &BTreeMap<String, Vec<NetworkStatus>>,
+    all: &BTreeMap<String, Vec<NetworkStatus>>,
+) -> usize {
+    println!(
+        "{:<16} {:<32} {:<16} result",
+        "NETWORK", "FROM -> TO", "TARGET"
+    );
+    let mut failures = 0;
+    let mut report = |network: &str, path: String, target: &str, ok: bool, detail: String| {
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{network:<16} {path:<32} {target:<16} {}",
+            if ok { detail } else { format!("FAILED {detail}") }
+        );
+    };
+    for g in guests {
+        let b = &g.iface.bound;
+        let Some(nic) = g.iface.guest_nic.as_deref() else {
+            continue;
+        };
+        let masquerade = b.binding == vm_binder::BindingKind::Masquerade;
+        // Peers: pods on the network (the cluster network for `pod`), then
+        // the other VMs' guests on it.
+        let mut peers: Vec<(String, String)> = pods
+            .iter()
+            .flat_map(|(pod, list)| {
+                list.iter()
+                    .filter(|s| {
+                        if b.network == "pod" {
+                            s.default
+                        } else {
+                            s.name == b.network
+                        }
+                    })
+                    .filter_map(move |s| Some((pod.clone(), ip_only(s.ips.first()?))))
+            })
+            .collect();
+        peers.extend(
+            guests
+                .iter()
+                .filter(|o| o.vm != g.vm && o.iface.bound.network == b.network)
+                .filter_map(|o| {
+                    let ip = if o.iface.bound.binding == vm_binder::BindingKind::Masquerade {
+                        // Reached through its launcher pod's IP.
+                        all.get(&o.pod)?.iter().find(|s| s.default)?.ips.first()?.clone()
+                    } else {
+                        o.guest_ip.clone()?
+                    };
+                    Some((o.vm.clone(), ip_only(&ip)))
+                }),
+        );
+        if peers.is_empty() {
+            report(
+                &b.network,
+                format!("{}/{nic}", g.vm),
+                "-",
+                true,
+                "(nothing else on this network)".into(),
+            );
+            continue;
+        }
+        for (peer, target) in &peers {
+            let cmd = if masquerade {
+                format!("ping -c 2 -W 3 {target}")
+            } else {
+                format!("ping -c 2 -W 3 -I {nic} {target}")
+            };
+            let (ok, detail) = match launcher::run_in_guest(&g.dir, &cmd, Duration::from_secs(30)) {
+                Ok((0, out)) => (true, rtt(&out)),
+                Ok((_, out)) => (false, out.lines().last().unwrap_or("").to_string()),
+                Err(e) => (false, format!("{e:#}")),
+            };
+            report(
+                &b.network,
+                format!("{}/{nic} -> {peer}", g.vm),
+                target,
+                ok,
+                detail,
+            );
+        }
+        if masquerade {
+            if let Some((from, _)) = peers.iter().find(|(p, _)| pods.contains_key(p)) {
+                let pod_ip = all
+                    .get(&g.pod)
+                    .and_then(|l| l.iter().find(|s| s.default))
+                    .and_then(|s| s.ips.first())
+                    .map(|s| ip_only(s));
+                if let Some(pod_ip) = pod_ip {
+                    let port = g.ports.first().copied().unwrap_or(8080);
+                    let (ok, detail) = inbound(env, g, from, &pod_ip, port);
+                    report(
+                        &b.network,
+                        format!("{from} -> {}:{port} (inbound)", g.vm),
+                        &pod_ip,
+                        ok,
+                        detail,
+                    );
+                }
+            }
+        }
+    }
+    failures
+}
+
+fn ip_only(cidr: &str) -> String {
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
+fn rtt(ping: &str) -> String {
+    ping.lines()
+        .find(|l| l.contains("round-trip") || l.contains("rtt"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .map(|avg| format!("ok, rtt {avg} ms"))
+        .unwrap_or_else(|| "ok".into())
+}
+
+/// A web server in the guest answers a request a pod makes to the launcher
+/// pod's IP (through the masquerade binding's port forwarding).
+fn inbound(env: &Env, g: &GuestNic, from_pod: &str, pod_ip: &str, port: u16) -> (bool, String) {
+    let serve = format!(
+        "mkdir -p /tmp/www && echo hello-from-{} > /tmp/www/index.html && (httpd -p {port} -h /tmp/www || true)",
+        g.vm
+    );
+    if let Err(e) = launcher::run_in_guest(&g.dir, &serve, Duration::from_secs(20)) {
+        return (false, format!("{e:#}"));
+    }
+    let script = format!(
+        "exec 3<>/dev/tcp/{pod_ip}/{port} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let (ok, out) = runtime::in_netns(&env.pod_netns(from_pod), &["bash", "-c", &script]);
+    let want = format!("hello-from-{}", g.vm);
+    if ok && out.contains(&want) {
+        (true, format!("ok, HTTP answer from the guest"))
+    } else {
+        (false, out.lines().last().unwrap_or("").to_string())
+    }
 }
 
 /// Pings, on each network, from the first pod attached to it to every other.
@@ -294,8 +746,9 @@ fn connectivity(env: &Env, statuses: &BTreeMap<String, Vec<NetworkStatus>>) -> u
 
 pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
     let env = Env::new(file, run_dir)?;
-    let conf_path = env.dir.join("virtlink.conf");
     let mut errors = Vec::new();
+    stop_launchers(&env, &mut errors);
+    let conf_path = env.dir.join("virtlink.conf");
     if let (Ok(bytes), true) = (std::fs::read(&conf_path), env.node_path().exists()) {
         let conf: Value = serde_json::from_slice(&bytes)?;
         let bin = env.dir.join("bin");
@@ -351,4 +804,84 @@ pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
             errors.join("\n  ")
         )
     }
+}
+
+/// Stops every VM's launcher (it powers the guest off and unbinds); when a
+/// launcher is gone, unbinds from its launch file instead.
+fn stop_launchers(env: &Env, errors: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(env.dir.join("vms")) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let vm = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pid: Option<i32> = std::fs::read_to_string(dir.join("launcher.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let alive = |pid: i32| {
+            // When `up` rolls back, the launcher is its own child: reap it.
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            Path::new(&format!("/proc/{pid}")).exists()
+        };
+        if let Some(pid) = pid.filter(|p| alive(*p)) {
+            eprintln!("stopping VM {vm}");
+            if launcher::request(&dir, &launcher::Request::Stop, Duration::from_secs(5)).is_err() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if alive(pid) {
+                errors.push(format!("VM {vm}: launcher {pid} did not stop; killing it"));
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let stopped = launcher::read_state(&dir).is_some_and(|s| s.phase == Phase::Stopped);
+        if stopped {
+            continue;
+        }
+        // The launcher died before unbinding: undo the binding from its
+        // launch file, if the pod's namespace is still there.
+        let launch: Option<Launch> = std::fs::read(dir.join("launch.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(l) = launch.filter(|l| l.pod_netns.exists()) {
+            let undone = vm_binder::Vm::parse(&l.vm.to_string())
+                .map_err(anyhow::Error::from)
+                .and_then(|vm| {
+                    vm_binder::unbind(&vm, &l.pod_netns, &l.network_status).map_err(Into::into)
+                });
+            if let Err(e) = undone {
+                errors.push(format!("VM {vm}: unbind: {e:#}"));
+            }
+        }
+    }
+}
+
+/// Runs `command` in the VM `vm` of the environment of `file`; returns the
+/// command's exit status after printing its output.
+pub fn exec(file: &Path, run_dir: &Path, vm: &str, command: &str, timeout: u64) -> Result<i32> {
+    let env = Env::new(file, run_dir)?;
+    let dir = vm_dir(&env, vm);
+    if !dir.exists() {
+        bail!("no VM {vm} is up from {}", file.display());
+    }
+    let (status, output) = launcher::run_in_guest(&dir, command, Duration::from_secs(timeout))?;
+    print!("{output}");
+    if !output.is_empty() && !output.ends_with('\n') {
+        println!();
+    }
+    Ok(status)
 }

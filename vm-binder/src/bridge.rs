@@ -90,8 +90,35 @@ fn link(n: &Netlink, name: &str, step: &'static str) -> Result<Link> {
         .ok_or_else(|| Error::Gone(name.to_string()))
 }
 
-/// Binds; call inside the pod's namespace. Returns what the pod interface had.
-pub fn bind(pod_if: &str, tap_name: &str, index: usize, owner: Option<u32>) -> Result<Saved> {
+/// The link kinds whose parent delivers a frame only to the device owning
+/// its destination MAC: the guest must use the pod interface's MAC, which
+/// the interface keeps.
+const KEEP_MAC_KINDS: [&str; 2] = ["macvlan", "macvtap"];
+
+/// What [`bind`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// What the pod interface had before.
+    pub saved: Saved,
+    /// The MAC the guest must use.
+    pub guest_mac: Mac,
+}
+
+/// Binds; call inside the pod's namespace. `guest_mac` is the VM spec's
+/// `macAddress`, if any; otherwise the guest takes the pod interface's MAC.
+///
+/// Usually the pod interface then gets a new random MAC (as KubeVirt does).
+/// A macvlan interface keeps its MAC instead (set to `guest_mac` when given):
+/// its parent only delivers frames addressed to it, so the guest shares it
+/// and the bridge's own FDB entry for it is removed, which makes the bridge
+/// forward those frames to the tap.
+pub fn bind(
+    pod_if: &str,
+    tap_name: &str,
+    index: usize,
+    owner: Option<u32>,
+    guest_mac: Option<Mac>,
+) -> Result<Bound> {
     let n = Netlink::new().map_err(nl("open netlink"))?;
     let pod = n
         .link(pod_if)
@@ -115,8 +142,19 @@ pub fn bind(pod_if: &str, tap_name: &str, index: usize, owner: Option<u32>) -> R
             mtu: pod.mtu,
         },
     };
+    let keep_mac = pod
+        .kind
+        .as_deref()
+        .is_some_and(|k| KEEP_MAC_KINDS.contains(&k));
+    let guest = guest_mac.unwrap_or(saved.mac);
     n.add_bridge(&br_name).map_err(nl("create bridge"))?;
     let br = link(&n, &br_name, "find bridge")?;
+    if existing.is_none() {
+        // A bridge takes its lowest port MAC unless given one: it must never
+        // take the guest's.
+        let own = Mac::random().map_err(Error::RandomMac)?;
+        n.set_mac(&br, own).map_err(nl("set bridge MAC"))?;
+    }
     let alias = serde_json::to_string(&saved).unwrap_or_default();
     if alias.len() > MAX_ALIAS {
         return Err(Error::StateTooLarge {
@@ -143,7 +181,12 @@ pub fn bind(pod_if: &str, tap_name: &str, index: usize, owner: Option<u32>) -> R
         n.del_addr(&pod, *a)
             .map_err(nl("remove pod interface address"))?;
     }
-    if pod.mac == Some(saved.mac) {
+    if keep_mac {
+        if pod.mac != Some(guest) {
+            n.set_mac(&pod, guest)
+                .map_err(nl("give pod interface the guest's MAC"))?;
+        }
+    } else if pod.mac == Some(saved.mac) {
         let fresh = Mac::random().map_err(Error::RandomMac)?;
         n.set_mac(&pod, fresh)
             .map_err(nl("give pod interface a new MAC"))?;
@@ -151,11 +194,19 @@ pub fn bind(pod_if: &str, tap_name: &str, index: usize, owner: Option<u32>) -> R
     n.set_controller(&pod, Some(br.index))
         .map_err(nl("attach pod interface to bridge"))?;
     n.set_up(&pod).map_err(nl("set pod interface up"))?;
+    if keep_mac {
+        let pod = link(&n, pod_if, "find pod interface")?;
+        n.del_local_fdb(&pod, guest)
+            .map_err(nl("forward the guest's MAC to the tap"))?;
+    }
     let br = link(&n, &br_name, "find bridge")?;
     n.add_addr(&br, IpNet::V4(Ipv4Net::from(server_address(index))))
         .map_err(nl("add DHCP server address to bridge"))?;
     n.set_up(&br).map_err(nl("set bridge up"))?;
-    Ok(saved)
+    Ok(Bound {
+        saved,
+        guest_mac: guest,
+    })
 }
 
 /// Undoes [`bind`]; call inside the pod's namespace. Harmless when nothing

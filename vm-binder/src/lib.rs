@@ -11,6 +11,7 @@
 pub mod bridge;
 pub mod dhcp;
 pub mod hypervisor;
+pub mod launcher;
 pub mod mac;
 pub mod masquerade;
 pub mod netlink;
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use netattach::status::NetworkStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use mac::Mac;
 pub use spec::{BindingKind, PlannedInterface, Vm};
@@ -94,7 +95,7 @@ impl Default for BindOptions {
 }
 
 /// One VM interface after binding: what the hypervisor and the user need.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoundInterface {
     pub name: String,
     pub network: String,
@@ -287,17 +288,17 @@ fn bind_one(
                 p.index,
                 opts.tap_owner,
             );
-            let saved = netattach::netns::run_in(netns, move || {
-                bridge::bind(&pod_if, &tap2, index, owner)
+            let spec_mac = p.mac.as_ref().map(|_| mac);
+            let bound = netattach::netns::run_in(netns, move || {
+                bridge::bind(&pod_if, &tap2, index, owner, spec_mac)
             })?
             .map_err(step(&p.name, "bridge binding"))?;
+            let saved = bound.saved;
             let server_id = bridge::server_address(p.index);
             // Without a macAddress in the spec the guest takes over the pod
-            // interface's original MAC (the pod interface got a new one).
-            if p.mac.is_none() {
-                mac = saved.mac;
-                out.mac = mac;
-            }
+            // interface's original MAC.
+            mac = bound.guest_mac;
+            out.mac = mac;
             if let Some(address) = saved.ipv4() {
                 let extra: Vec<_> = saved
                     .routes

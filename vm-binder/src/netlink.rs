@@ -9,6 +9,7 @@ use futures_util::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkUnspec, RouteMessageBuilder};
@@ -200,6 +201,25 @@ impl Netlink {
                 .alias(alias.to_string())
                 .build(),
         )
+    }
+
+    /// Removes the bridge's own (local) FDB entry for `mac` on port `port`,
+    /// so frames to that MAC are forwarded to another port instead of being
+    /// delivered to the bridge. One that is already gone is fine.
+    pub fn del_local_fdb(&self, port: &Link, mac: Mac) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = port.index;
+        msg.header.flags = NeighbourFlags::Controller;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        match self
+            .rt
+            .block_on(self.handle.neighbours().del(msg).execute())
+        {
+            Err(e) if is_errno(&e, nix::libc::ENOENT) => Ok(()),
+            r => r.map_err(req(format!("delete local FDB entry {mac} on {}", port.name))),
+        }
     }
 
     /// Deletes a link; one that is already gone is fine.
