@@ -81,14 +81,9 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
-    Run {
-        status: i32,
-        output: String,
-    },
+    Run { status: i32, output: String },
     State(State),
-    Error {
-        error: String,
-    },
+    Error { error: String },
 }
 
 pub fn control_socket(dir: &Path) -> PathBuf {
@@ -228,11 +223,7 @@ pub fn run(dir: &Path) -> Result<()> {
     };
     let _ = stop_rx.recv();
 
-    let guest = shared
-        .vm
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let guest = shared.vm.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(guest) = guest {
         match Arc::try_unwrap(guest) {
             Ok(g) => {
@@ -287,10 +278,7 @@ fn boot(
     binding: &vm_binder::Binding,
     shared: &Shared,
 ) -> Result<()> {
-    let dhcp = binding
-        .interfaces
-        .iter()
-        .any(|i| i.dhcp_device.is_some());
+    let dhcp = binding.interfaces.iter().any(|i| i.dhcp_device.is_some());
     let mut spec = vm_tests::VmSpec::new(&vm.name)
         .netns(&launch.pod_netns)
         .qemu_args(binding.qemu_args());
@@ -354,11 +342,7 @@ fn answer(conn: &UnixStream, shared: &Shared) -> Result<()> {
             command,
             timeout_secs,
         }) => {
-            let guest = shared
-                .vm
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let guest = shared.vm.lock().unwrap_or_else(|e| e.into_inner()).clone();
             match guest {
                 None => Response::Error {
                     error: format!("the VM is not running ({:?})", shared.snapshot().phase),

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 use netattach::status::NetworkStatus;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use virtlink_cni::source::dir::DirSource;
 
@@ -104,7 +104,10 @@ fn read_vms(file: &Path) -> Result<Vec<(serde_json::Value, vm_binder::Vm)>> {
         }
         let vm = vm_binder::Vm::parse(&value.to_string())
             .with_context(|| format!("{kind} in {}", file.display()))?;
-        if out.iter().any(|(_, v): &(Value, vm_binder::Vm)| v.name == vm.name) {
+        if out
+            .iter()
+            .any(|(_, v): &(Value, vm_binder::Vm)| v.name == vm.name)
+        {
             bail!("two VMs named {} in {}", vm.name, file.display());
         }
         out.push((value, vm));
@@ -263,7 +266,11 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
             );
         }
         if !vms.is_empty() {
-            step(4, total, "preparing the guest image (built once, then cached)");
+            step(
+                4,
+                total,
+                "preparing the guest image (built once, then cached)",
+            );
             let t = Instant::now();
             let image = vm_tests::GuestImage::ensure().context("build the guest image")?;
             eprintln!(
@@ -558,7 +565,11 @@ fn vm_connectivity(
         }
         println!(
             "{network:<16} {path:<32} {target:<16} {}",
-            if ok { detail } else { format!("FAILED {detail}") }
+            if ok {
+                detail
+            } else {
+                format!("FAILED {detail}")
+            }
         );
     };
     for g in guests {
@@ -590,7 +601,12 @@ fn vm_connectivity(
                 .filter_map(|o| {
                     let ip = if o.iface.bound.binding == vm_binder::BindingKind::Masquerade {
                         // Reached through its launcher pod's IP.
-                        all.get(&o.pod)?.iter().find(|s| s.default)?.ips.first()?.clone()
+                        all.get(&o.pod)?
+                            .iter()
+                            .find(|s| s.default)?
+                            .ips
+                            .first()?
+                            .clone()
                     } else {
                         o.guest_ip.clone()?
                     };
@@ -884,4 +900,32 @@ pub fn exec(file: &Path, run_dir: &Path, vm: &str, command: &str, timeout: u64) 
         println!();
     }
     Ok(status)
+}
+
+/// Where the launcher of `vm` in the environment of `file` keeps its files.
+pub fn launcher_dir(file: &Path, run_dir: &Path, vm: &str) -> Result<PathBuf> {
+    Ok(vm_dir(&Env::new(file, run_dir)?, vm))
+}
+
+/// The network namespace name of `pod` in the environment of `file`.
+pub fn pod_netns_name(file: &Path, run_dir: &Path, pod: &str) -> Result<String> {
+    Ok(Env::new(file, run_dir)?.pod_netns(pod))
+}
+
+/// The network-status virtlink-cni reported for a pod of `file`.
+pub fn pod_network_status(
+    file: &Path,
+    run_dir: &Path,
+    namespace: &str,
+    pod: &str,
+) -> Result<Vec<NetworkStatus>> {
+    let env = Env::new(file, run_dir)?;
+    let path = env
+        .dir
+        .join("state/status")
+        .join(namespace)
+        .join(format!("{pod}.json"));
+    Ok(serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+    )?)
 }

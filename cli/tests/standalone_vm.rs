@@ -262,7 +262,10 @@ fn two_vms_with_several_networks_boot_talk_and_go_away() {
             "process {pid} survived down"
         );
     }
-    assert_eq!(netns_with_prefix(&format!("vl-{}-", env.name)), Vec::<String>::new());
+    assert_eq!(
+        netns_with_prefix(&format!("vl-{}-", env.name)),
+        Vec::<String>::new()
+    );
     assert!(!env.env_dir().exists(), "state dir left behind");
     for net in ["blue", "green"] {
         let dir = Path::new("/var/lib/cni/networks").join(net);
@@ -311,7 +314,10 @@ spec:
         out.contains("fast") && out.contains("device-info"),
         "the error names the interface and the step:\n{out}"
     );
-    assert_eq!(netns_with_prefix(&format!("vl-{}-", env.name)), Vec::<String>::new());
+    assert_eq!(
+        netns_with_prefix(&format!("vl-{}-", env.name)),
+        Vec::<String>::new()
+    );
     assert!(!env.env_dir().exists(), "state dir left behind:\n{out}");
     let leftover = Command::new("pgrep")
         .args(["-f", &format!("launcher --dir {}", env.env_dir().display())])

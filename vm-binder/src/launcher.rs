@@ -92,8 +92,7 @@ spec:
         .unwrap();
         let a = pod_annotations(&vm);
         assert!(!a.contains_key(DEFAULT_NETWORK_ANNOTATION));
-        let sel: Vec<NetworkSelection> =
-            serde_json::from_str(&a[NETWORKS_ANNOTATION]).unwrap();
+        let sel: Vec<NetworkSelection> = serde_json::from_str(&a[NETWORKS_ANNOTATION]).unwrap();
         assert_eq!(sel.len(), 2);
         assert_eq!(sel[0].name, "blue");
         assert_eq!(sel[0].namespace.as_deref(), Some("tenant"));

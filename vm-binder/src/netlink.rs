@@ -218,7 +218,10 @@ impl Netlink {
             .block_on(self.handle.neighbours().del(msg).execute())
         {
             Err(e) if is_errno(&e, nix::libc::ENOENT) => Ok(()),
-            r => r.map_err(req(format!("delete local FDB entry {mac} on {}", port.name))),
+            r => r.map_err(req(format!(
+                "delete local FDB entry {mac} on {}",
+                port.name
+            ))),
         }
     }
 

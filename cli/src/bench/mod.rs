@@ -3,6 +3,7 @@
 //! docs/BENCHMARKS.md.
 
 mod cni;
+mod vm;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -19,10 +20,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 50)]
         concurrent: usize,
     },
+    /// A real guest's TCP throughput (iperf3 in the guest) and latency
+    /// through the masquerade binding (nftables) against the bridge binding.
+    Vm {
+        /// Interleaved rounds per binding.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
 }
 
 pub fn run(what: Bench) -> Result<()> {
     match what {
         Bench::Cni { rounds, concurrent } => cni::run(rounds, concurrent),
+        Bench::Vm { rounds, seconds } => vm::run(rounds, seconds),
     }
 }
