@@ -695,7 +695,7 @@ fn inbound(env: &Env, g: &GuestNic, from_pod: &str, pod_ip: &str, port: u16) -> 
     let (ok, out) = runtime::in_netns(&env.pod_netns(from_pod), &["bash", "-c", &script]);
     let want = format!("hello-from-{}", g.vm);
     if ok && out.contains(&want) {
-        (true, format!("ok, HTTP answer from the guest"))
+        (true, "ok, HTTP answer from the guest".to_string())
     } else {
         (false, out.lines().last().unwrap_or("").to_string())
     }
