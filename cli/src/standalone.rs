@@ -764,6 +764,7 @@ pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
     let env = Env::new(file, run_dir)?;
     let mut errors = Vec::new();
     stop_launchers(&env, &mut errors);
+    sweep_launchers(&env);
     let conf_path = env.dir.join("virtlink.conf");
     if let (Ok(bytes), true) = (std::fs::read(&conf_path), env.node_path().exists()) {
         let conf: Value = serde_json::from_slice(&bytes)?;
@@ -806,8 +807,18 @@ pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
             }
         }
     }
-    if let Err(e) = netattach::netns::delete(&env.node) {
-        errors.push(format!("delete {}: {e}", env.node));
+    // Namespaces of the environment that no state names any more (its
+    // state was removed by hand, or a pod was never recorded).
+    let prefix = format!("vl-{}-", env.name);
+    for ns in netns_names().into_iter().filter(|n| n.starts_with(&prefix)) {
+        if ns != env.node {
+            eprintln!(
+                "removing stray namespace {ns} (no CNI state left: its delegates' IP reservations stay)"
+            );
+        }
+        if let Err(e) = netattach::netns::delete(&ns) {
+            errors.push(format!("delete {ns}: {e}"));
+        }
     }
     if errors.is_empty() {
         let _ = std::fs::remove_dir_all(&env.dir);
@@ -819,6 +830,59 @@ pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
             env.dir.display(),
             errors.join("\n  ")
         )
+    }
+}
+
+/// The names of the named network namespaces.
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir(netattach::netns::NETNS_RUN_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Launchers of this environment that its state no longer knows about
+/// (found by their command line): asked to stop with SIGTERM, killed if
+/// they do not within 30 s.
+fn sweep_launchers(env: &Env) {
+    let marker = format!("{}", env.dir.join("vms").display());
+    let find = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                args.iter().any(|a| *a == b"launcher")
+                    && args.iter().any(|a| a.starts_with(marker.as_bytes()))
+            })
+            .collect()
+    };
+    let pids = find();
+    if pids.is_empty() {
+        return;
+    }
+    eprintln!("stopping {} stray launcher(s)", pids.len());
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !find().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for pid in find() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -48,11 +48,12 @@ impl Drop for Down {
 /// A copy of `example` under a unique name (unique namespace names), its
 /// run dir, and the guard that takes it down.
 struct Env {
+    // Fields drop in order: take the environment down before its files go.
+    _down: Down,
     _dir: tempfile::TempDir,
     name: String,
     file: String,
     run: String,
-    _down: Down,
 }
 
 impl Env {
