@@ -93,6 +93,8 @@ impl Lease {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolv {
     pub nameservers: Vec<Ipv4Addr>,
+    /// IPv6 name servers (for DHCPv6).
+    pub nameservers6: Vec<std::net::Ipv6Addr>,
     pub search: Vec<String>,
     pub domain: Option<String>,
 }
@@ -103,11 +105,11 @@ impl Resolv {
         for line in text.lines() {
             let mut words = line.split_whitespace();
             match words.next() {
-                Some("nameserver") => {
-                    if let Some(ip) = words.next().and_then(|w| Ipv4Addr::from_str(w).ok()) {
-                        r.nameservers.push(ip);
-                    }
-                }
+                Some("nameserver") => match words.next().map(std::net::IpAddr::from_str) {
+                    Some(Ok(std::net::IpAddr::V4(ip))) => r.nameservers.push(ip),
+                    Some(Ok(std::net::IpAddr::V6(ip))) => r.nameservers6.push(ip),
+                    _ => {}
+                },
                 Some("search") => r.search = words.map(str::to_string).collect(),
                 Some("domain") => r.domain = words.next().map(str::to_string),
                 _ => {}

@@ -10,6 +10,7 @@
 
 pub mod bridge;
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod hypervisor;
 pub mod launcher;
 pub mod mac;
@@ -116,6 +117,36 @@ pub struct BoundInterface {
     pub dhcp_device: Option<String>,
     /// The lease the DHCP server hands out.
     pub lease: Option<dhcp::Lease>,
+    /// The guest's IPv6 address (masquerade with an IPv6 pod address),
+    /// from DHCPv6.
+    #[serde(default)]
+    pub ip6: Option<ipnet::Ipv6Net>,
+    /// What DHCPv6 and the router advertisements tell the guest.
+    #[serde(default)]
+    pub lease6: Option<dhcpv6::Lease6>,
+}
+
+/// A server answering one guest on its device.
+#[derive(Debug)]
+enum Server {
+    Dhcp(dhcp::DhcpServer),
+    Ipv6(dhcpv6::Ipv6Server),
+}
+
+impl Server {
+    fn device(&self) -> &str {
+        match self {
+            Server::Dhcp(s) => s.device(),
+            Server::Ipv6(s) => s.device(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Server::Dhcp(s) => s.stop(),
+            Server::Ipv6(s) => s.stop(),
+        }
+    }
 }
 
 /// The result of [`bind`]: the interfaces and the running DHCP servers.
@@ -125,7 +156,7 @@ pub struct BoundInterface {
 pub struct Binding {
     pub netns: PathBuf,
     pub interfaces: Vec<BoundInterface>,
-    servers: Vec<dhcp::DhcpServer>,
+    servers: Vec<Server>,
 }
 
 impl Binding {
@@ -139,7 +170,20 @@ impl Binding {
 
     /// Devices with a running DHCP server.
     pub fn dhcp_devices(&self) -> Vec<&str> {
-        self.servers.iter().map(|s| s.device()).collect()
+        self.servers
+            .iter()
+            .filter(|s| matches!(s, Server::Dhcp(_)))
+            .map(|s| s.device())
+            .collect()
+    }
+
+    /// Devices with a running IPv6 server (router advertisements and DHCPv6).
+    pub fn ipv6_devices(&self) -> Vec<&str> {
+        self.servers
+            .iter()
+            .filter(|s| matches!(s, Server::Ipv6(_)))
+            .map(|s| s.device())
+            .collect()
     }
 
     /// Stops the DHCP servers and undoes every interface's binding.
@@ -195,9 +239,9 @@ pub fn bind(
     };
     for p in &plan {
         match bind_one(vm, p, pod_netns, opts, &resolv) {
-            Ok((iface, server)) => {
+            Ok((iface, servers)) => {
                 binding.interfaces.push(iface);
-                binding.servers.extend(server);
+                binding.servers.extend(servers);
             }
             Err(e) => {
                 for s in binding.servers.drain(..) {
@@ -219,7 +263,7 @@ fn bind_one(
     netns: &Path,
     opts: &BindOptions,
     resolv: &dhcp::Resolv,
-) -> Result<(BoundInterface, Option<dhcp::DhcpServer>)> {
+) -> Result<(BoundInterface, Vec<Server>)> {
     let mut mac = guest_mac(vm, p)?;
     let tap = tap_name(p.index);
     let mut out = BoundInterface {
@@ -236,7 +280,10 @@ fn bind_one(
         libvirt_xml: String::new(),
         dhcp_device: None,
         lease: None,
+        ip6: None,
+        lease6: None,
     };
+    let mut tap6 = None;
     let base_lease = |mac: Mac,
                       address: Ipv4Net,
                       gateway,
@@ -279,7 +326,7 @@ fn bind_one(
             out.pci_address = Some(address.to_string());
             out.qemu_args = pt.qemu_args();
             out.libvirt_xml = pt.libvirt_xml();
-            return Ok((out, None));
+            return Ok((out, Vec::new()));
         }
         BindingKind::Bridge => {
             let (pod_if, tap2, index, owner) = (
@@ -345,11 +392,25 @@ fn bind_one(
             };
             let table = masquerade::table_name(&p.name);
             let name = p.name.clone();
-            let mtu = netattach::netns::run_in(netns, move || {
+            let bound = netattach::netns::run_in(netns, move || {
                 masquerade_bind(
                     &name, &pod_if, &tap2, owner, cfg, gw, guest, v6, table, forward,
                 )
             })??;
+            let mtu = bound.mtu;
+            if let (Some((_, guest6)), Some(net6)) = (bound.v6, opts.masquerade.ipv6) {
+                let address = ipnet::Ipv6Net::new(guest6, net6.prefix_len())
+                    .map_err(step(&p.name, "masquerade subnet"))?;
+                out.ip6 = Some(address);
+                out.lease6 = Some(dhcpv6::Lease6 {
+                    address,
+                    dns: resolv.nameservers6.clone(),
+                    search: resolv.search.clone(),
+                    mtu,
+                    lease_time: opts.lease_time,
+                });
+                tap6 = Some(bound.tap);
+            }
             let address = Ipv4Net::new(guest, opts.masquerade.ipv4.prefix_len())
                 .map_err(step(&p.name, "masquerade subnet"))?;
             out.ip = Some(IpNet::V4(address));
@@ -368,18 +429,33 @@ fn bind_one(
     out.qemu_args = nic.qemu_args();
     out.libvirt_xml = nic.libvirt_xml();
     out.tap = Some(tap.clone());
-    let server = match (&out.lease, &out.dhcp_device) {
-        (Some(lease), Some(dev)) if opts.dhcp => Some(
+    let mut servers = Vec::new();
+    if let (Some(lease), Some(dev), true) = (&out.lease, &out.dhcp_device, opts.dhcp) {
+        servers.push(Server::Dhcp(
             dhcp::DhcpServer::start(netns, dev, lease.clone())
                 .map_err(step(&p.name, "start DHCP server"))?,
-        ),
-        _ => None,
-    };
-    Ok((out, server))
+        ));
+    }
+    if let (Some(lease6), Some(tap), true) = (&out.lease6, tap6, opts.dhcp) {
+        // Dropping `servers` on error stops the DHCPv4 server again.
+        servers.push(Server::Ipv6(
+            dhcpv6::Ipv6Server::start(netns, tap, lease6.clone())
+                .map_err(step(&p.name, "start IPv6 server (RA, DHCPv6)"))?,
+        ));
+    }
+    Ok((out, servers))
+}
+
+/// What [`masquerade_bind`] set up.
+struct MasqueradeBound {
+    /// The pod interface's MTU.
+    mtu: Option<u32>,
+    /// (gateway, guest) IPv6 addresses, when the pod has IPv6.
+    v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
+    tap: dhcpv6::Tap,
 }
 
 /// The masquerade binding's kernel work, inside the pod's namespace.
-/// Returns the pod interface's MTU.
 #[allow(clippy::too_many_arguments)]
 fn masquerade_bind(
     iface: &str,
@@ -392,7 +468,7 @@ fn masquerade_bind(
     v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
     table: String,
     forward: masquerade::Forward,
-) -> Result<Option<u32>> {
+) -> Result<MasqueradeBound> {
     let n = netlink::Netlink::new().map_err(step(iface, "open netlink"))?;
     let pod = n
         .link(pod_if)
@@ -426,6 +502,12 @@ fn masquerade_bind(
     if let Some(mtu) = pod.mtu {
         n.set_mtu(&t, mtu).map_err(step(iface, "set tap MTU"))?;
     }
+    if v6.is_some() {
+        // The tap is a point-to-point link to the guest: no duplicate
+        // address detection, so the gateway and link-local addresses (the
+        // RAs' source) are usable as soon as the guest opens the tap.
+        masquerade::disable_dad(tap_name).map_err(step(iface, "disable DAD on tap"))?;
+    }
     let gw_net = Ipv4Net::new(gw, cfg.ipv4.prefix_len()).map_err(step(iface, "gateway address"))?;
     n.add_addr(&t, IpNet::V4(gw_net))
         .map_err(step(iface, "add gateway address to tap"))?;
@@ -448,7 +530,20 @@ fn masquerade_bind(
         forward,
     };
     masquerade::load(&rules).map_err(step(iface, "load nftables ruleset"))?;
-    Ok(pod.mtu)
+    let tap_mac = t.mac.ok_or_else(|| Error::Step {
+        iface: iface.to_string(),
+        step: "read tap MAC",
+        source: format!("tap {tap_name} has no MAC").into(),
+    })?;
+    Ok(MasqueradeBound {
+        mtu: pod.mtu,
+        v6,
+        tap: dhcpv6::Tap {
+            name: tap_name.to_string(),
+            index: t.index,
+            mac: tap_mac,
+        },
+    })
 }
 
 /// Undoes the bindings of every VM interface in `pod_netns`, from the spec

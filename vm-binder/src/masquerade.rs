@@ -35,7 +35,7 @@ pub enum Error {
     },
     #[error("enable forwarding ({path})")]
     Sysctl {
-        path: &'static str,
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -256,9 +256,19 @@ pub fn enable_forwarding(v6: bool) -> Result<()> {
         if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
             continue;
         }
-        std::fs::write(path, "1").map_err(|source| Error::Sysctl { path, source })?;
+        std::fs::write(path, "1").map_err(|source| Error::Sysctl {
+            path: path.to_string(),
+            source,
+        })?;
     }
     Ok(())
+}
+
+/// Turns off IPv6 duplicate address detection on `device` in the calling
+/// thread's namespace (before its addresses are added).
+pub fn disable_dad(device: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/accept_dad");
+    std::fs::write(&path, "0").map_err(|source| Error::Sysctl { path, source })
 }
 
 #[cfg(test)]
