@@ -3,5 +3,5 @@
 # installed), busybox-static and iperf3 in an initramfs (cpio).
 # The guest is cached under /var/cache/virtlink/guest/<recipe hash>, so this
 # is quick once built; vm-tests/guest/build-guest.sh --force rebuilds it.
-apt_install qemu-system-x86 busybox-static cpio gzip iperf3 iproute2 util-linux
+apt_install qemu-system-x86 busybox-static cpio gzip iperf3 dhcpcd-base iproute2 util-linux
 log "vm-tests guest: $("$here/../vm-tests/guest/build-guest.sh")"

@@ -17,39 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use common::{Ns, Pod};
+use common::{Ns, Pod, NET_IP6};
 use vm_binder::{bind, unbind, BindOptions, Vm};
-
-const POD_IP6: &str = "fd99::5";
-const NET_IP6: &str = "fd99::1";
 
 fn guest_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../vm-tests/guest")
         .join(name)
-}
-
-/// Gives the pod and its network IPv6 addresses next to the IPv4 ones.
-fn add_ipv6(pod: &Pod) -> Result<()> {
-    pod.pod.ip(&[
-        "addr",
-        "add",
-        &format!("{POD_IP6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    pod.pod
-        .ip(&["-6", "route", "add", "default", "via", NET_IP6])?;
-    pod.net.ip(&[
-        "addr",
-        "add",
-        &format!("{NET_IP6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    Ok(())
 }
 
 /// Copies Ethernet frames between two tap file descriptors until dropped.
@@ -122,7 +96,7 @@ fn masquerade_ipv6_guest_configured_by_ra_and_dhcpv6() -> Result<()> {
     }
     let dhcpcd = which("dhcpcd").context("dhcpcd is not installed: run scripts/setup.sh")?;
     let pod = Pod::new()?;
-    add_ipv6(&pod)?;
+    pod.add_ipv6()?;
     let dir = tempfile::tempdir()?;
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(

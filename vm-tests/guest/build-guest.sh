@@ -5,14 +5,16 @@
 #
 # Prints the guest directory on stdout; it holds `vmlinuz`, `initrd.img` and
 # `recipe` (what went in). The directory is $VIRTLINK_GUEST_DIR when set, else
-# /var/cache/virtlink/guest/KEY, KEY being a hash of this script, `init` and
-# `udhcpc.script`: editing any of them yields a fresh build. --force rebuilds.
+# /var/cache/virtlink/guest/KEY, KEY being a hash of this script, `init`,
+# `udhcpc.script` and the dhcpcd files: editing any of them yields a fresh
+# build. --force rebuilds.
 #
 # Guest = the kernel of Debian's linux-image-cloud-amd64 (fetched with
 # `apt-get download`, unpacked with `dpkg-deb -x`, never installed) + an
 # initramfs of busybox-static, the virtio-net modules and `init`, followed by a
-# second cpio with iperf3 and the libraries `ldd` lists for it.
-# Needs (scripts/setup.d/qemu.sh installs them): busybox-static cpio iperf3.
+# second cpio with iperf3 and dhcpcd (the DHCPv6 client; busybox's udhcpc
+# does IPv4) and the libraries `ldd` lists for them.
+# Needs (scripts/setup.d/qemu.sh installs them): busybox-static cpio iperf3 dhcpcd-base.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +28,8 @@ case "${1:-}" in
   *) die "usage: $0 [--force]" ;;
 esac
 
-key=$(cat "$here/build-guest.sh" "$here/init" "$here/udhcpc.script" | sha256sum | cut -c1-16)
+key=$(cat "$here/build-guest.sh" "$here/init" "$here/udhcpc.script" "$here/dhcpcd.conf" \
+  "$here/dhcpcd.script" | sha256sum | cut -c1-16)
 dir=${VIRTLINK_GUEST_DIR:-/var/cache/virtlink/guest/$key}
 complete() { [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ]; }
 
@@ -44,7 +47,7 @@ if [ "$force" = 0 ] && complete; then
   exit 0
 fi
 
-for tool in busybox:/bin/busybox cpio:cpio iperf3:iperf3 apt-get:apt-get dpkg-deb:dpkg-deb gzip:gzip; do
+for tool in busybox:/bin/busybox cpio:cpio iperf3:iperf3 dhcpcd:dhcpcd apt-get:apt-get dpkg-deb:dpkg-deb gzip:gzip; do
   command -v "${tool#*:}" >/dev/null || die "${tool%%:*} is missing: run scripts/setup.sh"
 done
 
@@ -93,17 +96,24 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 done
 install -m 755 "$here/init" "$root/init"
 install -m 755 "$here/udhcpc.script" "$root/usr/share/udhcpc/default.script"
-echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-echo 'root:x:0:' >"$root/etc/group"
+# dhcpcd runs privilege-separated as its own user, chrooted in its home.
+printf 'root:x:0:0:root:/root:/bin/sh\ndhcpcd:x:100:65534:dhcpcd:/usr/lib/dhcpcd:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 chmod 1777 "$root/tmp"
 
-# Extra cpio: iperf3 with its shared libraries.
+# Extra cpio: iperf3 and dhcpcd with their shared libraries, dhcpcd's config
+# and hook script.
 extra=$work/extra
 iperf3=$(command -v iperf3)
-mkdir -p "$extra/usr/bin"
+dhcpcd=$(command -v dhcpcd)
+mkdir -p "$extra/usr/bin" "$extra/usr/sbin" "$extra/etc" "$extra/usr/lib/dhcpcd" \
+  "$extra/var/lib/dhcpcd" "$extra/usr/share/dhcpcd"
 cp -L "$iperf3" "$extra/usr/bin/iperf3"
-for lib in $(ldd "$iperf3" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+cp -L "$dhcpcd" "$extra/usr/sbin/dhcpcd"
+install -m 644 "$here/dhcpcd.conf" "$extra/etc/dhcpcd.conf"
+install -m 755 "$here/dhcpcd.script" "$extra/usr/share/dhcpcd/virtlink.script"
+for lib in $({ ldd "$iperf3"; ldd "$dhcpcd"; } | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
   mkdir -p "$extra$(dirname "$lib")"
   cp -L "$lib" "$extra$lib"
 done
@@ -118,6 +128,7 @@ key=$key
 kernel_package=$pkg
 busybox=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown)
 iperf3=$(dpkg-query -W -f='${Version}' iperf3 2>/dev/null || echo unknown)
+dhcpcd=$(dpkg-query -W -f='${Version}' dhcpcd-base 2>/dev/null || echo unknown)
 built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 RECIPE
 

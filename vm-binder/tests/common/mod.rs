@@ -112,6 +112,8 @@ pub struct Pod {
 
 pub const POD_IP: &str = "10.99.0.5";
 pub const NET_IP: &str = "10.99.0.1";
+pub const POD_IP6: &str = "fd99::5";
+pub const NET_IP6: &str = "fd99::1";
 
 impl Pod {
     pub fn new() -> Result<Self> {
@@ -128,6 +130,20 @@ impl Pod {
         net.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
         net.ip(&["addr", "add", &format!("{NET_IP}/24"), "dev", "eth0"])?;
         Ok(Pod { pod, net })
+    }
+
+    /// Gives the pod and its network IPv6 addresses next to the IPv4 ones
+    /// (`POD_IP6`, `NET_IP6`, the network as the pod's IPv6 default route).
+    pub fn add_ipv6(&self) -> Result<()> {
+        let pod_addr = format!("{POD_IP6}/64");
+        self.pod
+            .ip(&["addr", "add", &pod_addr, "dev", "eth0", "nodad"])?;
+        self.pod
+            .ip(&["-6", "route", "add", "default", "via", NET_IP6])?;
+        let net_addr = format!("{NET_IP6}/64");
+        self.net
+            .ip(&["addr", "add", &net_addr, "dev", "eth0", "nodad"])?;
+        Ok(())
     }
 }
 
@@ -298,22 +314,40 @@ pub fn bind_and_boot(
     vm_tests::Vm,
     tempfile::TempDir,
 )> {
+    bind_and_boot_with(pod, vm_json, name_prefix, "nameserver 10.96.0.10\n", &[])
+}
+
+/// [`bind_and_boot`] with the pod's resolv.conf text and extra guest
+/// kernel command-line words (such as `virtlink.dhcp6=1`).
+pub fn bind_and_boot_with(
+    pod: &Pod,
+    vm_json: &str,
+    name_prefix: &str,
+    resolv_conf: &str,
+    cmdline: &[&str],
+) -> Result<(
+    vm_binder::Vm,
+    vm_binder::Binding,
+    vm_tests::Vm,
+    tempfile::TempDir,
+)> {
     let dir = tempfile::tempdir()?;
     let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 10.96.0.10\n")?;
+    std::fs::write(&resolv, resolv_conf)?;
     let vm = vm_binder::Vm::parse(vm_json)?;
     let opts = vm_binder::BindOptions {
         resolv_conf: resolv,
         ..Default::default()
     };
     let binding = vm_binder::bind(&vm, &pod.pod.path, &[], &opts)?;
-    let guest = vm_tests::Vm::boot(
-        vm_tests::VmSpec::new(unique(name_prefix))
-            .netns(&pod.pod.path)
-            .qemu_args(binding.qemu_args())
-            .cmdline("virtlink.dhcp=1"),
-    )
-    .context("boot guest")?;
+    let mut spec = vm_tests::VmSpec::new(unique(name_prefix))
+        .netns(&pod.pod.path)
+        .qemu_args(binding.qemu_args())
+        .cmdline("virtlink.dhcp=1");
+    for word in cmdline {
+        spec = spec.cmdline(*word);
+    }
+    let guest = vm_tests::Vm::boot(spec).context("boot guest")?;
     guest.wait_ready(Duration::from_secs(180))?;
     Ok((vm, binding, guest, dir))
 }
