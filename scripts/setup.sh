@@ -35,7 +35,8 @@ pip_install() {
 }
 
 apt_install containernetworking-plugins iproute2 nftables iptables jq iperf3 \
-  ethtool tcpdump procps psmisc util-linux kmod ca-certificates iputils-ping netcat-openbsd
+  ethtool tcpdump procps psmisc util-linux kmod ca-certificates iputils-ping netcat-openbsd \
+  sockperf
 
 for part in "$here"/setup.d/*.sh; do
   [ -e "$part" ] || continue

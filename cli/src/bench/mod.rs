@@ -3,6 +3,7 @@
 //! docs/BENCHMARKS.md.
 
 mod cni;
+mod datapath;
 mod vm;
 
 use anyhow::Result;
@@ -30,10 +31,26 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// The masquerade datapaths between namespaces (no guest CPU in the
+    /// way): bare veth pair, plain routing and nftables masquerade through a
+    /// pod namespace; TCP with tx off, 64-byte UDP packets/s, RTT, conn/s.
+    Datapath {
+        /// Interleaved rounds over all paths.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per tool and path.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
 }
 
 pub fn run(what: Bench) -> Result<()> {
     match what {
+        Bench::Datapath { rounds, seconds } => datapath::run(
+            &[datapath::Path::Routed, datapath::Path::Nftables],
+            rounds,
+            seconds,
+        ),
         Bench::Cni { rounds, concurrent } => cni::run(rounds, concurrent),
         Bench::Vm { rounds, seconds } => vm::run(rounds, seconds),
     }
