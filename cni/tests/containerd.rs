@@ -26,6 +26,7 @@ mod cri;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::Mode;
 use cri::{Containerd, Peer, IMAGE};
 use serde_json::{json, Value};
 
@@ -217,8 +218,9 @@ fn containerd_runs_a_pod_on_the_reference_bridge() {
     assert_nothing_left(&ctd, &links_before, &ctd.dir().join("ipam"));
 }
 
-#[test]
-fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
+/// In [`Mode::Agent`] virtlink-cni is the shim and `virtlink agent` (in the
+/// node namespace, next to containerd) does the work.
+fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing(mode: Mode) {
     let test = "containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing";
     if skip(test) {
         return;
@@ -235,7 +237,7 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
     let blue_bridge = cri::unique("vlblue");
     let ctd = Containerd::start(
         |d| {
-            json!({"cniVersion": "1.0.0", "name": "virtlink", "plugins": [{
+            let mut conf = json!({"cniVersion": "1.0.0", "name": "virtlink", "plugins": [{
                 "type": "virtlink-cni",
                 "clusterNetwork": {"cniVersion": "1.0.0", "name": "podnet", "type": "bridge",
                     "bridge": pod_bridge, "isGateway": true, "ipMasq": false,
@@ -243,12 +245,24 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
                              "rangeEnd": format!("10.{o}.1.200")}]], "dataDir": d.join("ipam")}},
                 "manifestsDir": d.join("manifests"),
                 "stateDir": d.join("virtlink"),
-                "capabilities": {"portMappings": true}}]})
+                "capabilities": {"portMappings": true}}]});
+            if mode == Mode::Agent {
+                conf["plugins"][0]["daemonSocket"] = json!(d.join("agent.sock"));
+            }
+            conf
         },
         Some(&bin),
     );
     let d = ctd.dir().to_path_buf();
     let node = &ctd.node;
+    let agent = (mode == Mode::Agent).then(|| {
+        common::Agent::start(
+            &node.path(),
+            &d.join("agent.sock"),
+            &d.join("agent.log"),
+            &[],
+        )
+    });
     for br in [&pod_bridge, &blue_bridge] {
         node.ip(&format!("link add {br} type bridge"));
         node.ip(&format!("link set {br} up"));
@@ -370,5 +384,15 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
             .all(|l| l == "exit: 0"),
         "a CNI call failed:\n{calls}"
     );
+    if let Some(agent) = &agent {
+        assert_eq!(
+            agent.served(),
+            3,
+            "the agent served ADD, DEL, DEL:\n{}",
+            agent.log_text()
+        );
+    }
     drop((cluster_peer, blue_peer, green_peer));
 }
+
+in_both_modes!(containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing);

@@ -1,0 +1,116 @@
+//! virtlink's node agent (`virtlink agent`, one per node): serves the CNI
+//! calls that the `virtlink-cni` shim forwards over a unix socket
+//! ([`server`]), with the pods of this node and the NetworkAttachmentDefinitions
+//! in a watch-based cache ([`cache`]), installs the shim and its CNI config
+//! ([`install`]), and exposes health and metrics ([`http`], [`metrics`]).
+//! Architecture, protocol and limits: docs/agent.md.
+
+pub mod http;
+pub mod metrics;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use virtlink_cni::source::Services;
+
+pub use server::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("start the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("CNI socket")]
+    Server(#[from] server::Error),
+    #[error("health and metrics endpoint")]
+    Http(#[from] http::Error),
+    #[error("wait for a signal")]
+    Signal(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything the agent is told; paths are configuration so tests run in
+/// temp dirs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub limits: Limits,
+    /// `/healthz`, `/readyz`, `/metrics`; `None` turns the endpoint off.
+    pub http: Option<SocketAddr>,
+    /// Blocking worker threads; at least `limits.max_in_flight`.
+    pub worker_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(virtlink_cni::daemon::DEFAULT_SOCKET),
+            limits: Limits::default(),
+            http: None,
+            worker_threads: 2,
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .max_blocking_threads(config.limits.max_in_flight.max(1) + 4)
+        .thread_stack_size(1 << 20)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.http {
+        let listener = http::bind(addr).await?;
+        let bound = listener.local_addr().ok();
+        tracing::info!(addr = ?bound, "health and metrics endpoint");
+        let health = http::Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(listener, health, stop).await {
+                tracing::error!(error = %virtlink_cni::error_chain(&e), "HTTP endpoint stopped");
+            }
+        });
+    }
+
+    let services = Services::default();
+    let listener = server::bind(&config.socket)?;
+    let server = server::Server::new(services, metrics.clone(), config.limits);
+    tasks.spawn(server.serve(listener, stop_rx.clone()));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(socket = %config.socket.display(), "virtlink agent ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    // Calls in flight finish on their blocking threads; new ones are refused.
+    let _ = std::fs::remove_file(&config.socket);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .ok();
+    Ok(())
+}

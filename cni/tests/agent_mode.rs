@@ -1,0 +1,149 @@
+//! Daemon mode: what only exists when virtlink-cni is a shim in front of
+//! `virtlink agent`. (The shared scenarios of multi_network.rs, failures.rs and
+//! containerd.rs run in both modes.) Real namespaces, the reference plugins,
+//! a real agent process that the tests kill with SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{assert_clean, Mode, Netns, Node};
+use serde_json::json;
+
+/// A delegate `slow-bridge` that announces itself in `marker` and sleeps
+/// before doing the bridge plugin's ADD, so a test can act mid-ADD.
+fn slow_nad(node: &Node, marker: &Path) {
+    let script = node.bin().join("slow-bridge");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then touch {m}; sleep 3; fi\nexec /usr/lib/cni/bridge\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    node.nad(
+        "slow",
+        json!({"cniVersion": "1.0.0", "name": "slow", "type": "slow-bridge", "bridge": "cni-slow",
+               "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": node.ipam()}}),
+    );
+}
+
+#[test]
+fn socket_is_root_only() {
+    let node = Node::with_mode(Mode::Agent);
+    let mode = std::fs::metadata(node.agent.as_ref().unwrap().socket.as_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+}
+
+#[test]
+fn killing_the_agent_mid_add_is_retryable_and_leaks_nothing() {
+    let mut node = Node::with_mode(Mode::Agent);
+    node.standard_nads();
+    let marker = node.dir.path().join("slow-started");
+    slow_nad(&node, &marker);
+    node.pod("a", "blue,slow");
+    let pod = Netns::new("vlpa");
+    let conf = node.conf("1.0.0");
+
+    let outcome = std::thread::scope(|s| {
+        let add = s.spawn(|| node.call("ADD", Some(&pod), "ctr-a", "a", &conf));
+        assert!(
+            common::wait_until(Duration::from_secs(20), || marker.exists()),
+            "the slow delegate never started"
+        );
+        // The cluster network and blue are attached by now; slow is sleeping.
+        let agent = node.agent.as_ref().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        add.join().unwrap()
+    });
+    let msg = outcome.expect_err(11, "ADD while the agent is killed");
+    assert!(msg.contains("agent"), "{msg}");
+    // The orphaned delegate would create its link after 3 s: give it time to
+    // show up if it survived its parent.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_clean(&node, &pod);
+
+    node.agent().restart();
+    std::fs::remove_file(&marker).unwrap();
+    node.call("ADD", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("ADD after the agent restarted");
+    assert_eq!(pod.links(), vec!["eth0", "net1", "net2"]);
+    node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("DEL");
+    assert_clean(&node, &pod);
+}
+
+#[test]
+fn del_and_check_work_with_the_agent_down_add_does_not() {
+    let mut node = Node::with_mode(Mode::Agent);
+    node.standard_nads();
+    node.pod("a", "blue,red");
+    node.pod("b", "blue");
+    let (pa, pb) = (Netns::new("vlpa"), Netns::new("vlpb"));
+    let conf = node.conf("1.0.0");
+    node.call("ADD", Some(&pa), "ctr-a", "a", &conf)
+        .expect_ok("ADD through the agent");
+    node.agent().kill();
+
+    node.call("CHECK", Some(&pa), "ctr-a", "a", &conf)
+        .expect_ok("CHECK from state with the agent down");
+    let msg = node
+        .call("ADD", Some(&pb), "ctr-b", "b", &conf)
+        .expect_err(11, "ADD with the agent down");
+    assert!(msg.contains("connect to the agent"), "{msg}");
+    assert!(pb.links().is_empty(), "ADD did nothing: {:?}", pb.links());
+    let status = node
+        .call_env("STATUS", "", "", "", &node.conf("1.1.0"), &[])
+        .expect_err(50, "STATUS with the agent down");
+    assert!(status.contains("agent"), "{status}");
+
+    node.call("DEL", Some(&pa), "ctr-a", "a", &conf)
+        .expect_ok("DEL with the agent down");
+    node.call("DEL", None, "ctr-a", "a", &conf)
+        .expect_ok("second DEL with the agent down");
+    assert_clean(&node, &pa);
+}
+
+#[test]
+fn calls_past_the_limits_get_try_again_later() {
+    let mut node = Node::new();
+    node.start_agent(&["--max-in-flight", "1", "--max-queued", "0"]);
+    node.standard_nads();
+    let marker = node.dir.path().join("slow-started");
+    slow_nad(&node, &marker);
+    node.pod("a", "slow");
+    node.pod("b", "blue");
+    let (pa, pb) = (Netns::new("vlpa"), Netns::new("vlpb"));
+    let conf = node.conf("1.0.0");
+
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| node.call("ADD", Some(&pa), "ctr-a", "a", &conf));
+        assert!(common::wait_until(Duration::from_secs(20), || marker.exists()));
+        let msg = node
+            .call("ADD", Some(&pb), "ctr-b", "b", &conf)
+            .expect_err(11, "ADD past the limits");
+        assert!(msg.contains("busy"), "{msg}");
+        assert!(pb.links().is_empty());
+        slow.join().unwrap().expect_ok("the slow ADD");
+    });
+    node.call("ADD", Some(&pb), "ctr-b", "b", &conf)
+        .expect_ok("ADD once a slot is free");
+    for (p, c, n) in [(&pa, "ctr-a", "a"), (&pb, "ctr-b", "b")] {
+        node.call("DEL", Some(p), c, n, &conf).expect_ok("DEL");
+    }
+    assert_clean(&node, &pa);
+    assert_clean(&node, &pb);
+}
