@@ -5,6 +5,7 @@
 //! ([`install`]), and exposes health and metrics ([`http`], [`metrics`]).
 //! Architecture, protocol and limits: docs/agent.md.
 
+pub mod cache;
 pub mod http;
 pub mod metrics;
 pub mod server;
@@ -27,6 +28,8 @@ pub enum Error {
     Server(#[from] server::Error),
     #[error("health and metrics endpoint")]
     Http(#[from] http::Error),
+    #[error("Kubernetes client")]
+    Kube(#[from] cache::Error),
     #[error("wait for a signal")]
     Signal(#[source] std::io::Error),
 }
@@ -41,8 +44,19 @@ pub struct Config {
     pub limits: Limits,
     /// `/healthz`, `/readyz`, `/metrics`; `None` turns the endpoint off.
     pub http: Option<SocketAddr>,
-    /// Blocking worker threads; at least `limits.max_in_flight`.
+    /// Async worker threads (CNI calls run on blocking threads of their own).
     pub worker_threads: usize,
+    /// Pods and NADs from the Kubernetes API; `None`: from each call's config
+    /// (`manifestsDir`), as in direct mode.
+    pub kube: Option<KubeSettings>,
+}
+
+/// Where the API is and which node's pods to watch.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
 }
 
 impl Default for Config {
@@ -52,6 +66,7 @@ impl Default for Config {
             limits: Limits::default(),
             http: None,
             worker_threads: 2,
+            kube: None,
         }
     }
 }
@@ -90,12 +105,32 @@ async fn run_async(config: Config) -> Result<()> {
         });
     }
 
-    let services = Services::default();
+    let mut services = Services::default();
+    let cache = match &config.kube {
+        Some(k) => {
+            let client = cache::client(k.kubeconfig.as_deref()).await?;
+            let cache =
+                cache::KubeCache::start(client, &k.node_name, metrics.clone(), stop_rx.clone());
+            services.lookup = Some(Arc::new(cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
     let listener = server::bind(&config.socket)?;
     let server = server::Server::new(services, metrics.clone(), config.limits);
     tasks.spawn(server.serve(listener, stop_rx.clone()));
-    ready.store(true, Ordering::SeqCst);
-    tracing::info!(socket = %config.socket.display(), "virtlink agent ready");
+    tracing::info!(socket = %config.socket.display(), "serving CNI calls");
+    // Calls are served before the caches sync (a miss is a GET); readiness
+    // waits for them so a rollout does not move on with cold caches.
+    let became_ready = ready.clone();
+    tasks.spawn(async move {
+        if let Some(cache) = cache {
+            cache.synced().await;
+            tracing::info!("pod and NAD caches synced");
+        }
+        became_ready.store(true, Ordering::SeqCst);
+        tracing::info!("virtlink agent ready");
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Signal)?;

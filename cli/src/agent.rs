@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use virtlink_agent::{Config, Limits};
+use virtlink_agent::{Config, KubeSettings, Limits};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,10 +23,32 @@ pub struct Args {
     /// Async worker threads (CNI calls run on their own blocking threads).
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
+    /// Watch pods and NADs in the Kubernetes API (in-cluster service account
+    /// unless --kubeconfig). Without it each call's config names its source.
+    #[arg(long)]
+    kube: bool,
+    /// A kubeconfig file (implies --kube).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name: only its pods are watched.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let kube = if args.kube || args.kubeconfig.is_some() {
+        let node_name = args
+            .node_name
+            .context("--node-name (or NODE_NAME) is required with --kube")?;
+        Some(KubeSettings {
+            kubeconfig: args.kubeconfig,
+            node_name,
+        })
+    } else {
+        None
+    };
     let config = Config {
+        kube,
         socket: args.socket,
         limits: Limits {
             max_in_flight: args.max_in_flight,

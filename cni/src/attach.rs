@@ -215,7 +215,9 @@ fn lookup_pod(env: &Env, source: &Source) -> Result<Option<PodInfo>> {
     let Some((ns, name)) = pod_ref(env) else {
         return Ok(None);
     };
-    let pod = source.pod(&ns, &name).map_err(|e| e.into_cni())?;
+    let pod = source
+        .pod(&ns, &name, env.arg("K8S_POD_UID"))
+        .map_err(|e| e.into_cni())?;
     if let (Some(pod), Some(want)) = (&pod, env.arg("K8S_POD_UID")) {
         if let Some(have) = &pod.uid {
             if have != want {

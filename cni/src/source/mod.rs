@@ -77,7 +77,9 @@ pub struct NadInfo {
 /// call, e.g. a watch-based cache of the Kubernetes API. It is authoritative
 /// like the API itself: a pod it does not know is an error to retry.
 pub trait Lookup: Send + Sync + std::fmt::Debug {
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>>;
+    /// `uid` is the runtime's `K8S_POD_UID`: a cache holding an older pod of
+    /// the same name asks the API instead.
+    fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<PodInfo>>;
     fn nad(&self, namespace: &str, name: &str) -> Result<Option<NadInfo>>;
     fn publish_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
 }
@@ -124,12 +126,12 @@ impl Source {
         Ok(Source::None)
     }
 
-    pub fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+    pub fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<PodInfo>> {
         match self {
             Source::None => Ok(None),
             Source::Dir(d) => Ok(d.pod(namespace, name)),
             Source::Kube(k) => k.pod(namespace, name),
-            Source::Shared(l) => l.pod(namespace, name),
+            Source::Shared(l) => l.pod(namespace, name, uid),
         }
     }
 
