@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod http;
+pub mod install;
 pub mod metrics;
 pub mod server;
 
@@ -28,6 +29,8 @@ pub enum Error {
     Server(#[from] server::Error),
     #[error("health and metrics endpoint")]
     Http(#[from] http::Error),
+    #[error("uninstall")]
+    Uninstall(#[from] install::Error),
     #[error("Kubernetes client")]
     Kube(#[from] cache::Error),
     #[error("wait for a signal")]
@@ -49,6 +52,10 @@ pub struct Config {
     /// Pods and NADs from the Kubernetes API; `None`: from each call's config
     /// (`manifestsDir`), as in direct mode.
     pub kube: Option<KubeSettings>,
+    /// Install the shim and the CNI config at start (and keep them current).
+    pub install: Option<install::InstallConfig>,
+    /// Remove them again on SIGTERM/SIGINT.
+    pub uninstall_on_exit: bool,
 }
 
 /// Where the API is and which node's pods to watch.
@@ -67,6 +74,8 @@ impl Default for Config {
             http: None,
             worker_threads: 2,
             kube: None,
+            install: None,
+            uninstall_on_exit: false,
         }
     }
 }
@@ -120,6 +129,31 @@ async fn run_async(config: Config) -> Result<()> {
     let server = server::Server::new(services, metrics.clone(), config.limits);
     tasks.spawn(server.serve(listener, stop_rx.clone()));
     tracing::info!(socket = %config.socket.display(), "serving CNI calls");
+    // The CNI config is written once the socket listens, so the first call
+    // a runtime sends finds the agent; re-checked every 10 s to follow the
+    // default network's config.
+    let (installed_tx, mut installed_rx) = watch::channel(config.install.is_none());
+    if let Some(cfg) = config.install.clone() {
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                let c = cfg.clone();
+                match tokio::task::spawn_blocking(move || install::install(&c)).await {
+                    Ok(Ok(_)) => {
+                        let _ = installed_tx.send(true);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %virtlink_cni::error_chain(&e), "install (retrying)")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "install task"),
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                }
+            }
+        });
+    }
     // Calls are served before the caches sync (a miss is a GET); readiness
     // waits for them so a rollout does not move on with cold caches.
     let became_ready = ready.clone();
@@ -128,6 +162,7 @@ async fn run_async(config: Config) -> Result<()> {
             cache.synced().await;
             tracing::info!("pod and NAD caches synced");
         }
+        let _ = installed_rx.wait_for(|installed| *installed).await;
         became_ready.store(true, Ordering::SeqCst);
         tracing::info!("virtlink agent ready");
     });
@@ -140,6 +175,11 @@ async fn run_async(config: Config) -> Result<()> {
     }
     ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    if let (true, Some(cfg)) = (config.uninstall_on_exit, &config.install) {
+        if let Err(e) = install::uninstall(cfg) {
+            tracing::error!(error = %virtlink_cni::error_chain(&e), "uninstall on exit");
+        }
+    }
     // Calls in flight finish on their blocking threads; new ones are refused.
     let _ = std::fs::remove_file(&config.socket);
     tokio::time::timeout(std::time::Duration::from_secs(5), async {

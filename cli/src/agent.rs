@@ -33,9 +33,47 @@ pub struct Args {
     /// This node's name: only its pods are watched.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Copy the shim into --cni-bin-dir and write 00-virtlink.conflist into
+    /// --cni-conf-dir, wrapping the first existing config (the default network).
+    #[arg(long)]
+    install: bool,
+    /// Remove what --install wrote and exit.
+    #[arg(long, conflicts_with = "install")]
+    uninstall: bool,
+    /// With --install: remove it again on SIGTERM/SIGINT.
+    #[arg(long, requires = "install")]
+    uninstall_on_exit: bool,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The shim to install (default: virtlink-cni next to this binary).
+    #[arg(long)]
+    shim_binary: Option<PathBuf>,
+    /// `stateDir` written into the CNI config (default: virtlink-cni's).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let shim_source = match &args.shim_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locate this binary")?
+            .with_file_name(virtlink_agent::install::SHIM_NAME),
+    };
+    let install = virtlink_agent::install::InstallConfig {
+        shim_source,
+        cni_bin_dir: args.cni_bin_dir.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        socket: args.socket.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    if args.uninstall {
+        return virtlink_agent::install::uninstall(&install)
+            .map_err(|e| anyhow::anyhow!(virtlink_cni::error_chain(&e)))
+            .context("virtlink agent --uninstall");
+    }
     let kube = if args.kube || args.kubeconfig.is_some() {
         let node_name = args
             .node_name
@@ -49,6 +87,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = Config {
         kube,
+        install: args.install.then_some(install),
+        uninstall_on_exit: args.uninstall_on_exit,
         socket: args.socket,
         limits: Limits {
             max_in_flight: args.max_in_flight,

@@ -147,3 +147,103 @@ fn calls_past_the_limits_get_try_again_later() {
     assert_clean(&node, &pa);
     assert_clean(&node, &pb);
 }
+
+/// The agent installs the shim and a config list that sorts first and wraps
+/// the node's default network; a runtime using that config gets the default
+/// network through the agent; SIGTERM (with --uninstall-on-exit) and
+/// `virtlink agent --uninstall` remove both again.
+#[test]
+fn install_wraps_the_default_network_and_uninstall_removes_it() {
+    let mut node = Node::new();
+    let (bin, net) = (
+        node.dir.path().join("opt-cni-bin"),
+        node.dir.path().join("net.d"),
+    );
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&net).unwrap();
+    let mut default = node.conf("1.0.0")["clusterNetwork"].clone();
+    default["plugins"] = json!([{"type": "bridge", "bridge": "cni-pod", "isGateway": true,
+        "ipam": default["ipam"].clone()}, {"type": "portmap", "capabilities": {"portMappings": true}}]);
+    let default =
+        json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": default["plugins"].clone()});
+    std::fs::write(net.join("10-podnet.conflist"), default.to_string()).unwrap();
+    let (shim, state) = (common::plugin_binary(), node.state());
+    let install_args = [
+        "--cni-bin-dir",
+        bin.to_str().unwrap(),
+        "--cni-conf-dir",
+        net.to_str().unwrap(),
+        "--shim-binary",
+        shim.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let mut args = vec!["--install", "--uninstall-on-exit"];
+    args.extend(install_args);
+    node.start_agent(&args);
+    let conf_file = net.join("00-virtlink.conflist");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || conf_file.exists()),
+        "{}",
+        node.agent().log_text()
+    );
+    assert_eq!(
+        std::fs::read(bin.join("virtlink-cni")).unwrap(),
+        std::fs::read(common::plugin_binary()).unwrap(),
+        "the shim was copied"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conf_file).unwrap()).unwrap();
+    assert_eq!(list["plugins"][0]["clusterNetwork"], default);
+    assert_eq!(
+        list["plugins"][0]["capabilities"],
+        json!({"portMappings": true})
+    );
+
+    // What a runtime hands the first plugin of that list.
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    let pod = Netns::new("vlpa");
+    node.call("ADD", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("ADD with the installed config");
+    assert_eq!(pod.links(), vec!["eth0"]);
+    node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("DEL");
+    assert_clean(&node, &pod);
+
+    // SIGTERM: the agent removes what it installed and exits.
+    let agent = node.agent();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log_text());
+    assert!(!conf_file.exists() && !bin.join("virtlink-cni").exists());
+    assert!(
+        net.join("10-podnet.conflist").exists(),
+        "the default network stays"
+    );
+
+    // Without --uninstall-on-exit the files survive the agent; --uninstall
+    // removes them.
+    let mut args = vec!["--install"];
+    args.extend(install_args);
+    node.start_agent(&args);
+    assert!(common::wait_until(Duration::from_secs(10), || conf_file.exists()));
+    node.agent().kill();
+    assert!(conf_file.exists());
+    let out = std::process::Command::new(common::virtlink_binary())
+        .args(["agent", "--uninstall"])
+        .args(install_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!conf_file.exists() && !bin.join("virtlink-cni").exists());
+}
