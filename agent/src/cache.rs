@@ -25,6 +25,20 @@ use virtlink_cni::source::{self, Lookup, NadInfo, PodInfo};
 
 use crate::metrics::Metrics;
 
+/// Every Kubernetes API access the agent makes, as (API group, resource,
+/// verbs): the reflectors list and watch, a cache miss gets, network-status
+/// is a patch of `pods/status`. manifests/base/rbac.yaml grants exactly this
+/// (checked by agent/tests/manifests.rs).
+pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "pods/status", &["patch"]),
+    (
+        "k8s.cni.cncf.io",
+        "network-attachment-definitions",
+        &["get", "list", "watch"],
+    ),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("load kubeconfig {path}: {reason}")]

@@ -6,6 +6,7 @@
 //! Architecture, protocol and limits: docs/agent.md.
 
 pub mod cache;
+pub mod crds;
 pub mod http;
 pub mod install;
 pub mod metrics;

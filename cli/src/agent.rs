@@ -101,3 +101,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(virtlink_cni::error_chain(&e)))
         .context("virtlink agent")
 }
+
+/// The CRDs as multi-document YAML on stdout.
+pub fn print_crds() -> anyhow::Result<()> {
+    print!("{}", virtlink_agent::crds::yaml().context("render CRDs")?);
+    Ok(())
+}

@@ -66,6 +66,9 @@ enum Command {
     /// The node agent: serves the CNI calls the virtlink-cni shim forwards
     /// (docs/agent.md).
     Agent(agent::Args),
+    /// Print the CustomResourceDefinitions virtlink needs, generated from its
+    /// Rust types (manifests/crds/ holds this output).
+    Crd,
     /// Benchmarks (figures go to docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         },
         Command::Launcher { dir } => launcher::run(&dir),
         Command::Agent(args) => agent::run(args),
+        Command::Crd => agent::print_crds(),
         Command::Bench { what } => bench::run(what),
     };
     match outcome {
