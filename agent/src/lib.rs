@@ -81,6 +81,10 @@ impl Default for Config {
     }
 }
 
+/// How long a stopping agent waits for the calls it admitted; below the
+/// DaemonSet's terminationGracePeriodSeconds (30).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,7 +132,7 @@ async fn run_async(config: Config) -> Result<()> {
     };
     let listener = server::bind(&config.socket)?;
     let server = server::Server::new(services, metrics.clone(), config.limits);
-    tasks.spawn(server.serve(listener, stop_rx.clone()));
+    tasks.spawn(server.clone().serve(listener, stop_rx.clone()));
     tracing::info!(socket = %config.socket.display(), "serving CNI calls");
     // The CNI config is written once the socket listens, so the first call
     // a runtime sends finds the agent; re-checked every 10 s to follow the
@@ -181,8 +185,12 @@ async fn run_async(config: Config) -> Result<()> {
             tracing::error!(error = %virtlink_cni::error_chain(&e), "uninstall on exit");
         }
     }
-    // Calls in flight finish on their blocking threads; new ones are refused.
+    // New calls are refused (the socket is closed and removed); the ones
+    // admitted are answered before the agent exits.
     let _ = std::fs::remove_file(&config.socket);
+    if !server.drain(DRAIN_TIMEOUT).await {
+        tracing::warn!("stopping with CNI calls still running");
+    }
     tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })

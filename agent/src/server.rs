@@ -162,7 +162,7 @@ impl Server {
             .and_then(|c| virtlink_cni::spec::Command::parse(c))
             .map(|c| c.as_str())
             .unwrap_or("unknown");
-        let resp = match self.admitted.clone().try_acquire_owned() {
+        let (resp, admitted) = match self.admitted.clone().try_acquire_owned() {
             Err(_) => {
                 let (stdout, status) = virtlink_cni::plugin::error_answer(
                     req.stdin.as_bytes(),
@@ -175,7 +175,7 @@ impl Server {
                     ),
                 );
                 self.metrics.call(verb, "rejected");
-                Response { stdout, status }
+                (Response { stdout, status }, None)
             }
             Ok(admitted) => {
                 self.metrics.queued.inc();
@@ -194,7 +194,6 @@ impl Server {
                 .await;
                 self.metrics.in_flight.dec();
                 drop(worker);
-                drop(admitted);
                 let (stdout, status) = match ran {
                     Ok(answer) => answer,
                     Err(e) => virtlink_cni::plugin::error_answer(
@@ -204,7 +203,7 @@ impl Server {
                 };
                 self.metrics
                     .call(verb, if status == 0 { "ok" } else { "error" });
-                Response { stdout, status }
+                (Response { stdout, status }, Some(admitted))
             }
         };
         self.metrics.observe(verb, started.elapsed().as_secs_f64());
@@ -215,6 +214,24 @@ impl Server {
             "served CNI call"
         );
         write_response(&mut stream, &resp).await;
+        // Admission is held until the answer is written, so a draining agent
+        // waits for it (see `drain`).
+        drop(admitted);
+    }
+
+    /// Waits until every admitted call has been answered, at most `timeout`:
+    /// a stopping agent must not leave a shim without its answer while the
+    /// work goes on (the shim would undo an ADD that is still running).
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let total = self.limits.max_in_flight.max(1) + self.limits.max_queued;
+        let deadline = Instant::now() + timeout;
+        while self.admitted.available_permits() < total {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 }
 

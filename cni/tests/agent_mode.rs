@@ -247,3 +247,35 @@ fn install_wraps_the_default_network_and_uninstall_removes_it() {
     );
     assert!(!conf_file.exists() && !bin.join("virtlink-cni").exists());
 }
+
+/// SIGTERM (a rollout) while an ADD runs: the agent stops taking calls but
+/// answers the one it admitted before it exits.
+#[test]
+fn sigterm_mid_add_finishes_the_call() {
+    let mut node = Node::with_mode(Mode::Agent);
+    let marker = node.dir.path().join("slow-started");
+    slow_nad(&node, &marker);
+    node.pod("a", "slow");
+    let pod = Netns::new("vlpa");
+    let conf = node.conf("1.0.0");
+    let outcome = std::thread::scope(|s| {
+        let add = s.spawn(|| node.call("ADD", Some(&pod), "ctr-a", "a", &conf));
+        assert!(common::wait_until(Duration::from_secs(20), || marker.exists()));
+        let agent = node.agent.as_ref().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        add.join().unwrap()
+    });
+    outcome.expect_ok("ADD admitted before SIGTERM");
+    assert_eq!(pod.links(), vec!["eth0", "net1"]);
+    let agent = node.agent();
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log_text());
+    // The agent is gone: DEL runs directly from state.
+    node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("DEL");
+    assert_clean(&node, &pod);
+}
