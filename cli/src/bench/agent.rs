@@ -153,12 +153,14 @@ pub fn run(rounds: usize, burst: usize, max_in_flight: usize) -> Result<()> {
     let rss_before = agent.kib("VmHWM:");
 
     eprintln!("burst: {burst} concurrent ADDs through the agent, then {burst} DELs...");
+    let first_error = std::sync::Mutex::new(None::<String>);
     let burst_run = |cmd: &'static str| -> (usize, usize, Duration) {
         let started = Instant::now();
         let outcomes: Vec<Option<u64>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..burst)
                 .map(|i| {
                     let (plugin, s, conf, ns) = (&plugin, &s, &via_agent, netns(i));
+                    let first_error = &first_error;
                     scope.spawn(move || {
                         match call_cni(
                             plugin,
@@ -173,8 +175,18 @@ pub fn run(rounds: usize, burst: usize, max_in_flight: usize) -> Result<()> {
                             &[],
                         ) {
                             Ok(c) if c.ok => None,
-                            Ok(c) => Some(c.output["code"].as_u64().unwrap_or(0)),
-                            Err(_) => Some(0),
+                            Ok(c) => {
+                                if let Ok(mut e) = first_error.lock() {
+                                    e.get_or_insert(format!("{cmd}: {}", c.output));
+                                }
+                                Some(c.output["code"].as_u64().unwrap_or(0))
+                            }
+                            Err(e) => {
+                                if let Ok(mut first) = first_error.lock() {
+                                    first.get_or_insert(format!("{cmd}: {e:#}"));
+                                }
+                                Some(0)
+                            }
                         }
                     })
                 })
@@ -264,6 +276,9 @@ pub fn run(rounds: usize, burst: usize, max_in_flight: usize) -> Result<()> {
         ms(del_time),
         verdict(deleted == burst && leftover_ips == 0 && leftover_links == 0)
     );
+    if let Some(e) = first_error.lock().ok().and_then(|e| e.clone()) {
+        println!("\nFirst failure in the burst: {e}");
+    }
     drop(agent);
     if peak_mib >= 64.0 || added != burst || deleted != burst || leftover_ips + leftover_links > 0 {
         bail!("a floor was missed (see the table)");
