@@ -98,6 +98,9 @@ pub struct Server {
     admitted: Arc<Semaphore>,
     /// Workers: calls in flight.
     workers: Arc<Semaphore>,
+    /// Open connections, including ones still sending their request: past
+    /// it, new connections wait in the socket's backlog.
+    connections: Arc<Semaphore>,
 }
 
 impl Server {
@@ -109,6 +112,7 @@ impl Server {
             limits,
             admitted: Arc::new(Semaphore::new(in_flight + limits.max_queued)),
             workers: Arc::new(Semaphore::new(in_flight)),
+            connections: Arc::new(Semaphore::new(2 * (in_flight + limits.max_queued) + 16)),
         })
     }
 
@@ -116,6 +120,13 @@ impl Server {
     pub async fn serve(self: Arc<Self>, listener: UnixListener, mut stop: watch::Receiver<bool>) {
         let me = nix::unistd::geteuid().as_raw();
         loop {
+            let permit = tokio::select! {
+                _ = stop.changed() => break,
+                p = self.connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let stream = tokio::select! {
                 _ = stop.changed() => break,
                 accepted = listener.accept() => match accepted {
@@ -137,7 +148,10 @@ impl Server {
                 }
             }
             let me = self.clone();
-            tokio::spawn(async move { me.connection(stream).await });
+            tokio::spawn(async move {
+                me.connection(stream).await;
+                drop(permit);
+            });
         }
     }
 

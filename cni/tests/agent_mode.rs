@@ -279,3 +279,23 @@ fn sigterm_mid_add_finishes_the_call() {
         .expect_ok("DEL");
     assert_clean(&node, &pod);
 }
+
+/// Garbage on the socket gets a CNI error object (decode failure), and the
+/// agent keeps serving.
+#[test]
+fn a_malformed_request_gets_a_cni_error() {
+    use std::io::{Read, Write};
+    let node = Node::with_mode(Mode::Agent);
+    let socket = node.agent.as_ref().unwrap().socket.clone();
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    s.write_all(b"{not json").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let resp: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(resp["status"], 1, "{answer}");
+    let err: serde_json::Value = serde_json::from_str(resp["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(err["code"], 6, "{err}");
+    node.call_env("STATUS", "", "", "", &node.conf("1.1.0"), &[])
+        .expect_ok("STATUS after the bad request");
+}
