@@ -396,3 +396,92 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing(mode: Mod
 }
 
 in_both_modes!(containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing);
+
+/// The cluster install path with a real runtime: containerd starts with a
+/// plain bridge network as its only config; `virtlink agent --install` puts
+/// the shim into containerd's CNI bin dir and 00-virtlink.conflist (wrapping
+/// that bridge config) first into its conf dir; containerd picks it up and
+/// the pod's network comes through the shim and the agent.
+#[test]
+fn containerd_uses_the_config_the_agent_installs() {
+    let test = "containerd_uses_the_config_the_agent_installs";
+    if skip(test) {
+        return;
+    }
+    let bin = match virtlink_cni() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: virtlink-cni is not ready for it: {why}");
+            return;
+        }
+    };
+    let o = cri::subnet_octet();
+    let bridge = cri::unique("vlpod");
+    let ctd = Containerd::start(
+        |d| {
+            json!({"cniVersion": "1.0.0", "name": "plain", "plugins": [{
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.{o}.1.0/24"),
+                         "rangeEnd": format!("10.{o}.1.200")}]], "dataDir": d.join("ipam")}}]})
+        },
+        None,
+    );
+    let d = ctd.dir().to_path_buf();
+    let node = &ctd.node;
+    node.ip(&format!("link add {bridge} type bridge"));
+    node.ip(&format!("link set {bridge} up"));
+    let peer = Peer::new(node, Some(&bridge), &format!("10.{o}.1.250/24"));
+    let links_before = node.links();
+
+    let (bin_dir, conf_dir, state) = (d.join("bin"), d.join("net.d"), d.join("virtlink"));
+    let agent = common::Agent::start(
+        &node.path(),
+        &d.join("agent.sock"),
+        &d.join("agent.log"),
+        &[
+            "--install",
+            "--cni-bin-dir",
+            bin_dir.to_str().unwrap(),
+            "--cni-conf-dir",
+            conf_dir.to_str().unwrap(),
+            "--shim-binary",
+            bin.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let installed = conf_dir.join("00-virtlink.conflist");
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || installed.exists()),
+        "{}",
+        agent.log_text()
+    );
+    // containerd watches its conf dir; give it a moment to load the new first file.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    let pod = run_pod(&ctd);
+    assert!(
+        pod.ip.starts_with(&format!("10.{o}.1.")),
+        "pod IP {}\n{}\n{}",
+        pod.ip,
+        agent.log_text(),
+        ctd.diagnostics()
+    );
+    assert_eq!(
+        pod_addrs(&ctd, &pod),
+        vec![("eth0".to_string(), format!("{}/24", pod.ip))]
+    );
+    assert_pings(&ctd, &pod, &peer, "bridge (through the agent)");
+    assert_eq!(agent.served(), 1, "the ADD went through the agent");
+    assert_eq!(
+        cri::entries(&state.join("attachments")).len(),
+        1,
+        "the agent keeps the attachment's state"
+    );
+    stop_and_remove(&ctd, &pod);
+    assert_nothing_left(&ctd, &links_before, &d.join("ipam"));
+    assert_eq!(agent.served(), 3, "ADD, DEL, DEL:\n{}", agent.log_text());
+    assert!(cri::entries(&state.join("attachments")).is_empty());
+    drop(agent);
+    drop(peer);
+}
