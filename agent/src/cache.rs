@@ -52,6 +52,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How long one API request of a CNI call (a GET on a miss, the status
+/// PATCH) may take; well below the shim's wait for the agent.
+const API_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A client from a kubeconfig file, or the in-cluster service account.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
     let config = match kubeconfig {
@@ -157,6 +161,26 @@ impl KubeCache {
             reason: e.to_string(),
         }
     }
+
+    /// Runs one API request from a CNI call's blocking thread, bounded by
+    /// [`API_TIMEOUT`].
+    fn request<T>(
+        &self,
+        step: impl Fn() -> String,
+        fut: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> source::Result<T> {
+        match self
+            .handle
+            .block_on(async { tokio::time::timeout(API_TIMEOUT, fut).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Self::api_error(step(), e)),
+            Err(_) => Err(source::Error::Api {
+                step: step(),
+                reason: format!("no answer within {API_TIMEOUT:?}"),
+            }),
+        }
+    }
 }
 
 /// Drives a reflector stream until `stop`; errors are retried with backoff
@@ -207,10 +231,10 @@ impl Lookup for KubeCache {
         self.metrics.cache_misses.inc();
         tracing::debug!(namespace, name, "pod not in the cache: GET");
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod = self
-            .handle
-            .block_on(api.get_metadata_opt(name))
-            .map_err(|e| Self::api_error(format!("get pod {namespace}/{name}"), e))?;
+        let pod = self.request(
+            || format!("get pod {namespace}/{name}"),
+            api.get_metadata_opt(name),
+        )?;
         Ok(pod.map(|p| pod_info(namespace, name, &p.metadata)))
     }
 
@@ -222,12 +246,10 @@ impl Lookup for KubeCache {
                 self.metrics.cache_misses.inc();
                 let api: Api<NetworkAttachmentDefinition> =
                     Api::namespaced(self.client.clone(), namespace);
-                self.handle.block_on(api.get_opt(name)).map_err(|e| {
-                    Self::api_error(
-                        format!("get network-attachment-definition {namespace}/{name}"),
-                        e,
-                    )
-                })?
+                self.request(
+                    || format!("get network-attachment-definition {namespace}/{name}"),
+                    api.get_opt(name),
+                )?
             }
         };
         Ok(nad.map(|n| NadInfo {
@@ -248,14 +270,12 @@ impl Lookup for KubeCache {
             "metadata": { "annotations": { NETWORK_STATUS_ANNOTATION: text } }
         });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        self.handle
-            .block_on(api.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)))
-            .map_err(|e| {
-                Self::api_error(
-                    format!("patch network-status on pod {}/{}", pod.namespace, pod.name),
-                    e,
-                )
-            })?;
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&patch);
+        self.request(
+            || format!("patch network-status on pod {}/{}", pod.namespace, pod.name),
+            api.patch_status(&pod.name, &params, &patch),
+        )?;
         Ok(())
     }
 }
