@@ -394,3 +394,42 @@ fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
         assert_clean(&node, p);
     }
 }
+
+/// The API server is unreachable: the agent still serves (DEL needs no API),
+/// ADD is "try again later", and the agent never reports ready.
+#[test]
+fn api_down_means_not_ready_and_add_retries_later() {
+    let mut node = Node::new();
+    // A kubeconfig pointing at a port nothing listens on.
+    let dead = free_port(&node);
+    let kubeconfig = node.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{dead}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{token: test-token}}\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port(&node);
+    node.start_agent(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-1",
+        "--http",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let mut conf = node.conf("1.0.0");
+    conf.as_object_mut().unwrap().remove("manifestsDir");
+    assert!(common::wait_until(Duration::from_secs(10), || http_get(
+        &node, port, "/healthz"
+    )
+    .0 == 200));
+    let pod = Netns::new("vlpa");
+    let msg = add(&node, &pod, "a", UID_A, &conf).expect_err(11, "ADD with the API down");
+    assert!(msg.contains("get pod default/a"), "{msg}");
+    assert_eq!(http_get(&node, port, "/readyz").0, 503);
+    node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
+        .expect_ok("DEL with the API down");
+    assert_clean(&node, &pod);
+}
