@@ -162,14 +162,22 @@ async fn run_async(config: Config) -> Result<()> {
     // Calls are served before the caches sync (a miss is a GET); readiness
     // waits for them so a rollout does not move on with cold caches.
     let became_ready = ready.clone();
+    let mut stop = stop_rx.clone();
     tasks.spawn(async move {
-        if let Some(cache) = cache {
-            cache.synced().await;
-            tracing::info!("pod and NAD caches synced");
+        let prerequisites = async {
+            if let Some(cache) = cache {
+                cache.synced().await;
+                tracing::info!("pod and NAD caches synced");
+            }
+            let _ = installed_rx.wait_for(|installed| *installed).await;
+        };
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = prerequisites => {
+                became_ready.store(true, Ordering::SeqCst);
+                tracing::info!("virtlink agent ready");
+            }
         }
-        let _ = installed_rx.wait_for(|installed| *installed).await;
-        became_ready.store(true, Ordering::SeqCst);
-        tracing::info!("virtlink agent ready");
     });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

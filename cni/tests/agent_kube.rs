@@ -432,4 +432,20 @@ fn api_down_means_not_ready_and_add_retries_later() {
     node.call("DEL", Some(&pod), "ctr-a", "a", &conf)
         .expect_ok("DEL with the API down");
     assert_clean(&node, &pod);
+
+    // Never ready, still stops promptly and cleanly on SIGTERM.
+    let agent = node.agent();
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}",
+        started.elapsed()
+    );
 }
