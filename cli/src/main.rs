@@ -2,6 +2,7 @@
 //! same objects a cluster would (Pods, NADs) from a YAML file on one machine;
 //! `bench` measures virtlink against its baselines.
 
+mod agent;
 mod bench;
 mod launcher;
 mod runtime;
@@ -62,6 +63,12 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The node agent: serves the CNI calls the virtlink-cni shim forwards
+    /// (docs/agent.md).
+    Agent(agent::Args),
+    /// Print the CustomResourceDefinitions virtlink needs, generated from its
+    /// Rust types (manifests/crds/ holds this output).
+    Crd,
     /// Benchmarks (figures go to docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -91,6 +98,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Launcher { dir } => launcher::run(&dir),
+        Command::Agent(args) => agent::run(args),
+        Command::Crd => agent::print_crds(),
         Command::Bench { what } => bench::run(what),
     };
     match outcome {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{ClusterNetwork, NetConf};
 use crate::delegate::{self, Invocation, NetworkList, Resolved};
-use crate::source::{PodInfo, Source};
+use crate::source::{PodInfo, Services, Source};
 use crate::spec::{code, CniError, CniResult, Env, Version};
 use crate::state::{Attachment, PodRecord, Store};
 
@@ -43,6 +43,11 @@ fn pod_ref(env: &Env) -> Option<(String, String)> {
 
 /// ADD: attach every selected network, or none.
 pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
+    add_with(env, conf, &Services::default())
+}
+
+/// ADD with the pod/NAD source of the host process (the agent's cache).
+pub fn add_with(env: &Env, conf: &NetConf, services: &Services) -> Result<CniResult> {
     if !Path::new(&env.netns).exists() {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
@@ -78,7 +83,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
     }
 
     phase("locked");
-    let source = Source::from_conf(conf).map_err(|e| e.into_cni())?;
+    let source = Source::for_call(conf, services).map_err(|e| e.into_cni())?;
     let pod = lookup_pod(env, &source)?;
     phase("pod looked up");
     let plan = plan(env, conf, &source, pod.as_ref())?;
@@ -210,7 +215,9 @@ fn lookup_pod(env: &Env, source: &Source) -> Result<Option<PodInfo>> {
     let Some((ns, name)) = pod_ref(env) else {
         return Ok(None);
     };
-    let pod = source.pod(&ns, &name).map_err(|e| e.into_cni())?;
+    let pod = source
+        .pod(&ns, &name, env.arg("K8S_POD_UID"))
+        .map_err(|e| e.into_cni())?;
     if let (Some(pod), Some(want)) = (&pod, env.arg("K8S_POD_UID")) {
         if let Some(have) = &pod.uid {
             if have != want {
@@ -221,7 +228,7 @@ fn lookup_pod(env: &Env, source: &Source) -> Result<Option<PodInfo>> {
             }
         }
     }
-    if pod.is_none() && matches!(source, Source::Kube(_)) {
+    if pod.is_none() && source.is_authoritative() {
         return Err(CniError::new(
             code::TRY_AGAIN_LATER,
             format!("pod {ns}/{name} not found in the Kubernetes API"),
@@ -822,12 +829,17 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
 
 /// STATUS: can an ADD be served now?
 pub fn status(env: &Env, conf: &NetConf) -> Result<()> {
+    status_with(env, conf, &Services::default())
+}
+
+/// STATUS with the pod/NAD source of the host process.
+pub fn status_with(env: &Env, conf: &NetConf, services: &Services) -> Result<()> {
     let unavailable = |what: String| CniError::new(code::PLUGIN_NOT_AVAILABLE, what);
     let store = Store::new(&conf.state_dir);
     store
         .lock(false)
         .map_err(|e| unavailable(format!("state directory: {}", crate::error_chain(&e))))?;
-    let source = Source::from_conf(conf)
+    let source = Source::for_call(conf, services)
         .map_err(|e| unavailable(format!("pod source: {}", crate::error_chain(&e))))?;
     let list = match &conf.cluster_network {
         Some(ClusterNetwork::Inline(v)) => NetworkList::from_value(v, conf.cni_version)?,

@@ -136,7 +136,20 @@ pub fn exec(
     let input = serde_json::to_vec(stdin)
         .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("encode delegate config: {e}")))?;
     let path = std::env::join_paths(inv.path).unwrap_or_default();
-    let mut child = std::process::Command::new(binary)
+    let mut cmd = std::process::Command::new(binary);
+    // A delegate dies with the thread that waits for it: when the node agent
+    // is killed mid-ADD, no orphaned plugin goes on creating links after the
+    // shim has cleaned up.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is a plain syscall, async-signal-safe;
+    // it runs in the forked child before exec and touches no shared state.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.netns)

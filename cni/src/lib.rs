@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod daemon;
 pub mod delegate;
 pub mod devices;
 pub mod plugin;

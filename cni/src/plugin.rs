@@ -7,17 +7,28 @@ use std::io::{Read, Write};
 use serde_json::{json, Value};
 
 use crate::config::{parse_supported_version, NetConf};
+use crate::source::Services;
 use crate::spec::{version, CniError, Command, Env};
 
 /// Runs one invocation from the process environment and stdio; returns the
-/// exit status.
+/// exit status. With `daemonSocket` in the config the binary is a shim that
+/// forwards the call to the node agent ([`crate::daemon`]).
 pub fn main() -> i32 {
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         stdin.clear();
         tracing::warn!(error = %e, "read stdin");
     }
-    let (out, status) = run(|k| std::env::var(k).ok(), &stdin);
+    let (out, status) = match crate::daemon::settings(&stdin) {
+        Some((socket, timeout)) => {
+            let req = crate::daemon::Request {
+                env: crate::daemon::forwarded_env(std::env::vars()),
+                stdin: String::from_utf8_lossy(&stdin).into_owned(),
+            };
+            crate::daemon::forward(&socket, timeout, req)
+        }
+        None => run(|k| std::env::var(k).ok(), &stdin),
+    };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
@@ -38,13 +49,26 @@ fn report_peak_rss() {
 
 /// One invocation: returns what to print on stdout and the exit status.
 pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i32) {
+    run_with(&Services::default(), get, stdin)
+}
+
+/// A CNI error as the plugin prints it: in the version the config asked for,
+/// with exit status 1.
+pub fn error_answer(stdin: &[u8], mut e: CniError) -> (String, i32) {
+    e.cni_version = asked_version(stdin);
+    tracing::error!(code = e.code, msg = %e.msg, "CNI call failed");
+    (serde_json::to_string(&e).unwrap_or_else(|_| "{}".into()), 1)
+}
+
+/// One invocation inside a host process (the node agent) that provides
+/// long-lived services such as a cached pod/NAD source.
+pub fn run_with(
+    services: &Services,
+    get: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> (String, i32) {
     let asked = asked_version(stdin);
-    let fail = |e: CniError| {
-        let mut e = e;
-        e.cni_version = asked.clone();
-        tracing::error!(code = e.code, msg = %e.msg, "CNI call failed");
-        (serde_json::to_string(&e).unwrap_or_else(|_| "{}".into()), 1)
-    };
+    let fail = |e: CniError| error_answer(stdin, e);
     let env = match Env::from_lookup(&get) {
         Ok(env) => env,
         Err(e) => return fail(e),
@@ -66,11 +90,11 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i32) 
     .entered();
     let started = std::time::Instant::now();
     let outcome = match env.command() {
-        Command::Add => crate::attach::add(&env, &conf).map(|r| Some(r.to_value())),
+        Command::Add => crate::attach::add_with(&env, &conf, services).map(|r| Some(r.to_value())),
         Command::Del => crate::attach::del(&env, &conf).map(|()| None),
         Command::Check => crate::attach::check(&env, &conf).map(|()| None),
         Command::Gc => crate::attach::gc(&env, &conf).map(|()| None),
-        Command::Status => crate::attach::status(&env, &conf).map(|()| None),
+        Command::Status => crate::attach::status_with(&env, &conf, services).map(|()| None),
         Command::Version => Ok(None),
     };
     tracing::info!(

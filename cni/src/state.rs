@@ -242,10 +242,14 @@ fn write_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
         .parent()
         .ok_or_else(|| std::io::Error::other("state path has no parent"))?;
     std::fs::create_dir_all(dir)?;
+    // Unique per process and per write: the node agent runs many calls in
+    // one process, and two of them may replace the same file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     {
         let mut f = File::create(&tmp)?;

@@ -26,6 +26,7 @@ mod cri;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::Mode;
 use cri::{Containerd, Peer, IMAGE};
 use serde_json::{json, Value};
 
@@ -217,8 +218,9 @@ fn containerd_runs_a_pod_on_the_reference_bridge() {
     assert_nothing_left(&ctd, &links_before, &ctd.dir().join("ipam"));
 }
 
-#[test]
-fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
+/// In [`Mode::Agent`] virtlink-cni is the shim and `virtlink agent` (in the
+/// node namespace, next to containerd) does the work.
+fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing(mode: Mode) {
     let test = "containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing";
     if skip(test) {
         return;
@@ -235,7 +237,7 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
     let blue_bridge = cri::unique("vlblue");
     let ctd = Containerd::start(
         |d| {
-            json!({"cniVersion": "1.0.0", "name": "virtlink", "plugins": [{
+            let mut conf = json!({"cniVersion": "1.0.0", "name": "virtlink", "plugins": [{
                 "type": "virtlink-cni",
                 "clusterNetwork": {"cniVersion": "1.0.0", "name": "podnet", "type": "bridge",
                     "bridge": pod_bridge, "isGateway": true, "ipMasq": false,
@@ -243,12 +245,24 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
                              "rangeEnd": format!("10.{o}.1.200")}]], "dataDir": d.join("ipam")}},
                 "manifestsDir": d.join("manifests"),
                 "stateDir": d.join("virtlink"),
-                "capabilities": {"portMappings": true}}]})
+                "capabilities": {"portMappings": true}}]});
+            if mode == Mode::Agent {
+                conf["plugins"][0]["daemonSocket"] = json!(d.join("agent.sock"));
+            }
+            conf
         },
         Some(&bin),
     );
     let d = ctd.dir().to_path_buf();
     let node = &ctd.node;
+    let agent = (mode == Mode::Agent).then(|| {
+        common::Agent::start(
+            &node.path(),
+            &d.join("agent.sock"),
+            &d.join("agent.log"),
+            &[],
+        )
+    });
     for br in [&pod_bridge, &blue_bridge] {
         node.ip(&format!("link add {br} type bridge"));
         node.ip(&format!("link set {br} up"));
@@ -370,5 +384,104 @@ fn containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing() {
             .all(|l| l == "exit: 0"),
         "a CNI call failed:\n{calls}"
     );
+    if let Some(agent) = &agent {
+        assert_eq!(
+            agent.served(),
+            3,
+            "the agent served ADD, DEL, DEL:\n{}",
+            agent.log_text()
+        );
+    }
     drop((cluster_peer, blue_peer, green_peer));
+}
+
+in_both_modes!(containerd_pod_with_two_nads_gets_three_networks_and_leaves_nothing);
+
+/// The cluster install path with a real runtime: containerd starts with a
+/// plain bridge network as its only config; `virtlink agent --install` puts
+/// the shim into containerd's CNI bin dir and 00-virtlink.conflist (wrapping
+/// that bridge config) first into its conf dir; containerd picks it up and
+/// the pod's network comes through the shim and the agent.
+#[test]
+fn containerd_uses_the_config_the_agent_installs() {
+    let test = "containerd_uses_the_config_the_agent_installs";
+    if skip(test) {
+        return;
+    }
+    let bin = match virtlink_cni() {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: virtlink-cni is not ready for it: {why}");
+            return;
+        }
+    };
+    let o = cri::subnet_octet();
+    let bridge = cri::unique("vlpod");
+    let ctd = Containerd::start(
+        |d| {
+            json!({"cniVersion": "1.0.0", "name": "plain", "plugins": [{
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.{o}.1.0/24"),
+                         "rangeEnd": format!("10.{o}.1.200")}]], "dataDir": d.join("ipam")}}]})
+        },
+        None,
+    );
+    let d = ctd.dir().to_path_buf();
+    let node = &ctd.node;
+    node.ip(&format!("link add {bridge} type bridge"));
+    node.ip(&format!("link set {bridge} up"));
+    let peer = Peer::new(node, Some(&bridge), &format!("10.{o}.1.250/24"));
+    let links_before = node.links();
+
+    let (bin_dir, conf_dir, state) = (d.join("bin"), d.join("net.d"), d.join("virtlink"));
+    let agent = common::Agent::start(
+        &node.path(),
+        &d.join("agent.sock"),
+        &d.join("agent.log"),
+        &[
+            "--install",
+            "--cni-bin-dir",
+            bin_dir.to_str().unwrap(),
+            "--cni-conf-dir",
+            conf_dir.to_str().unwrap(),
+            "--shim-binary",
+            bin.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let installed = conf_dir.join("00-virtlink.conflist");
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || installed.exists()),
+        "{}",
+        agent.log_text()
+    );
+    // containerd watches its conf dir; give it a moment to load the new first file.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    let pod = run_pod(&ctd);
+    assert!(
+        pod.ip.starts_with(&format!("10.{o}.1.")),
+        "pod IP {}\n{}\n{}",
+        pod.ip,
+        agent.log_text(),
+        ctd.diagnostics()
+    );
+    assert_eq!(
+        pod_addrs(&ctd, &pod),
+        vec![("eth0".to_string(), format!("{}/24", pod.ip))]
+    );
+    assert_pings(&ctd, &pod, &peer, "bridge (through the agent)");
+    assert_eq!(agent.served(), 1, "the ADD went through the agent");
+    assert_eq!(
+        cri::entries(&state.join("attachments")).len(),
+        1,
+        "the agent keeps the attachment's state"
+    );
+    stop_and_remove(&ctd, &pod);
+    assert_nothing_left(&ctd, &links_before, &d.join("ipam"));
+    assert_eq!(agent.served(), 3, "ADD, DEL, DEL:\n{}", agent.log_text());
+    assert!(cri::entries(&state.join("attachments")).is_empty());
+    drop(agent);
+    drop(peer);
 }

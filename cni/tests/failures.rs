@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{assert_clean, Netns, Node};
+use common::{assert_clean, Mode, Netns, Node};
 use serde_json::json;
 
-#[test]
-fn delegate_failing_on_a_later_network_rolls_back_everything() {
-    let node = Node::new();
+fn delegate_failing_on_a_later_network_rolls_back_everything(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.nad(
         "broken",
@@ -36,9 +35,8 @@ fn delegate_failing_on_a_later_network_rolls_back_everything() {
     }
 }
 
-#[test]
-fn failure_inside_a_config_list_releases_the_earlier_plugins() {
-    let node = Node::new();
+fn failure_inside_a_config_list_releases_the_earlier_plugins(mode: Mode) {
+    let node = Node::with_mode(mode);
     // ptp reserves an IP and makes a veth, then tuning fails on a bad sysctl.
     node.nad(
         "chain",
@@ -58,9 +56,8 @@ fn failure_inside_a_config_list_releases_the_earlier_plugins() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn del_works_from_state_after_the_nad_is_deleted() {
-    let node = Node::new();
+fn del_works_from_state_after_the_nad_is_deleted(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue,red");
     let pod = Netns::new("vlpa");
@@ -76,9 +73,8 @@ fn del_works_from_state_after_the_nad_is_deleted() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn del_is_idempotent_and_unknown_attachments_are_fine() {
-    let node = Node::new();
+fn del_is_idempotent_and_unknown_attachments_are_fine(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     let pod = Netns::new("vlpa");
@@ -105,9 +101,8 @@ fn del_is_idempotent_and_unknown_attachments_are_fine() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn del_when_the_namespace_is_already_gone_still_releases_ips() {
-    let node = Node::new();
+fn del_when_the_namespace_is_already_gone_still_releases_ips(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     let conf = node.conf("1.0.0");
@@ -130,9 +125,8 @@ fn del_when_the_namespace_is_already_gone_still_releases_ips() {
     );
 }
 
-#[test]
-fn a_real_delegate_del_error_is_reported_and_retried_later() {
-    let node = Node::new();
+fn a_real_delegate_del_error_is_reported_and_retried_later(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     let pod = Netns::new("vlpa");
@@ -153,9 +147,8 @@ fn a_real_delegate_del_error_is_reported_and_retried_later() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn gc_removes_stale_attachments_and_their_ips() {
-    let node = Node::new();
+fn gc_removes_stale_attachments_and_their_ips(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     node.pod("b", "blue");
@@ -186,9 +179,8 @@ fn gc_removes_stale_attachments_and_their_ips() {
     assert_clean(&node, &pa);
 }
 
-#[test]
-fn repeated_add_starts_clean() {
-    let node = Node::new();
+fn repeated_add_starts_clean(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     let pod = Netns::new("vlpa");
@@ -203,9 +195,8 @@ fn repeated_add_starts_clean() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn status_reports_whether_add_can_be_served() {
-    let node = Node::new();
+fn status_reports_whether_add_can_be_served(mode: Mode) {
+    let node = Node::with_mode(mode);
     let conf = node.conf("1.1.0");
     node.call_env("STATUS", "", "", "", &conf, &[])
         .expect_ok("STATUS");
@@ -216,3 +207,15 @@ fn status_reports_whether_add_can_be_served() {
         .expect_err(50, "STATUS without the cluster plugin");
     assert!(msg.contains("not-installed"), "{msg}");
 }
+
+in_both_modes!(
+    delegate_failing_on_a_later_network_rolls_back_everything,
+    failure_inside_a_config_list_releases_the_earlier_plugins,
+    del_works_from_state_after_the_nad_is_deleted,
+    del_is_idempotent_and_unknown_attachments_are_fine,
+    del_when_the_namespace_is_already_gone_still_releases_ips,
+    a_real_delegate_del_error_is_reported_and_retried_later,
+    gc_removes_stale_attachments_and_their_ips,
+    repeated_add_starts_clean,
+    status_reports_whether_add_can_be_served,
+);

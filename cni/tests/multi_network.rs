@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Netns, Node, VERSIONS};
+use common::{Mode, Netns, Node, VERSIONS};
 use serde_json::Value;
 
 fn networks(static_ip: &str, mac: &str) -> String {
@@ -25,10 +25,9 @@ fn eth0_ip(result: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn three_networks_traffic_and_clean_delete_in_every_version() {
+fn three_networks_traffic_and_clean_delete_in_every_version(mode: Mode) {
     for version in VERSIONS {
-        let node = Node::new();
+        let node = Node::with_mode(mode);
         node.standard_nads();
         node.pod("a", &networks("10.72.0.10/24", "02:00:00:00:aa:01"));
         node.pod("b", &networks("10.72.0.11/24", "02:00:00:00:bb:01"));
@@ -129,9 +128,8 @@ fn three_networks_traffic_and_clean_delete_in_every_version() {
     }
 }
 
-#[test]
-fn short_form_names_interfaces_and_default_route_moves() {
-    let node = Node::new();
+fn short_form_names_interfaces_and_default_route_moves(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue@in0,default/red");
     node.manifest(
@@ -211,9 +209,8 @@ metadata:
     assert!(node.reserved_ips().is_empty(), "{:?}", node.reserved_ips());
 }
 
-#[test]
-fn runtime_port_mappings_reach_the_cluster_networks_portmap() {
-    let node = Node::new();
+fn runtime_port_mappings_reach_the_cluster_networks_portmap(mode: Mode) {
+    let node = Node::with_mode(mode);
     let mut conf = node.conf("1.0.0");
     conf["clusterNetwork"] = serde_json::json!({
         "cniVersion": "1.0.0", "name": "podnet", "plugins": [
@@ -243,3 +240,9 @@ fn runtime_port_mappings_reach_the_cluster_networks_portmap() {
     );
     assert!(node.reserved_ips().is_empty());
 }
+
+in_both_modes!(
+    three_networks_traffic_and_clean_delete_in_every_version,
+    short_form_names_interfaces_and_default_route_moves,
+    runtime_port_mappings_reach_the_cluster_networks_portmap,
+);

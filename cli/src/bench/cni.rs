@@ -30,12 +30,12 @@ fn delegates(ipam: &Path) -> [(&'static str, Value); 3] {
     ]
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    node: String,
-    node_path: PathBuf,
-    bin: PathBuf,
-    conf: Value,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) node: String,
+    pub(super) node_path: PathBuf,
+    pub(super) bin: PathBuf,
+    pub(super) conf: Value,
 }
 
 impl Drop for Setup {
@@ -44,7 +44,7 @@ impl Drop for Setup {
     }
 }
 
-fn setup() -> Result<Setup> {
+pub(super) fn setup() -> Result<Setup> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let node = format!("vl-bench-{}", std::process::id());
     let node_path = runtime::create_node(&node)?;
@@ -75,7 +75,7 @@ fn setup() -> Result<Setup> {
     })
 }
 
-const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench";
+pub(super) const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench";
 
 /// ADD then DEL through virtlink-cni; returns the time and the plugin's peak RSS.
 fn through_virtlink(s: &Setup, cid: &str, netns: &str, parallel: bool) -> Result<(Duration, u64)> {
@@ -94,7 +94,7 @@ fn through_virtlink(s: &Setup, cid: &str, netns: &str, parallel: bool) -> Result
             "eth0",
             POD_ARGS,
             &s.bin,
-            &s.conf,
+            &conf,
             &[("VIRTLINK_CNI_STATS", "1")],
         )?;
         if !c.ok {
@@ -148,7 +148,7 @@ fn direct(s: &Setup, cid: &str, netns: &str) -> Result<Duration> {
     Ok(total)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -156,12 +156,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Named pod namespaces that are removed on drop.
-struct PodNamespaces(Vec<String>);
+pub(super) struct PodNamespaces(pub(super) Vec<String>);
 
 impl Drop for PodNamespaces {
     fn drop(&mut self) {
@@ -328,7 +328,7 @@ pub fn run(rounds: usize, concurrent: usize) -> Result<()> {
     Ok(())
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub(super) fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {

@@ -2,6 +2,7 @@
 //! in the same run. Results are printed as a Markdown table for
 //! docs/BENCHMARKS.md.
 
+mod agent;
 mod cni;
 mod datapath;
 mod vm;
@@ -20,6 +21,20 @@ pub enum Bench {
         /// Pods added concurrently in the burst.
         #[arg(long, default_value_t = 50)]
         concurrent: usize,
+    },
+    /// ADD latency through the node agent (virtlink-cni as a shim) against
+    /// direct mode, interleaved; then a burst of concurrent ADDs through the
+    /// agent and its peak RSS.
+    Agent {
+        /// ADDs (each followed by a DEL) per mode.
+        #[arg(long, default_value_t = 40)]
+        rounds: usize,
+        /// Pods added concurrently through the agent in the burst.
+        #[arg(long, default_value_t = 200)]
+        burst: usize,
+        /// The agent's --max-in-flight.
+        #[arg(long, default_value_t = 16)]
+        max_in_flight: usize,
     },
     /// A real guest's TCP throughput (iperf3 in the guest) and latency
     /// through the masquerade binding (nftables) against the bridge binding.
@@ -52,6 +67,11 @@ pub fn run(what: Bench) -> Result<()> {
             seconds,
         ),
         Bench::Cni { rounds, concurrent } => cni::run(rounds, concurrent),
+        Bench::Agent {
+            rounds,
+            burst,
+            max_in_flight,
+        } => agent::run(rounds, burst, max_in_flight),
         Bench::Vm { rounds, seconds } => vm::run(rounds, seconds),
     }
 }

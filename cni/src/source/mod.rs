@@ -7,6 +7,7 @@ pub mod kube;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use netattach::status::NetworkStatus;
 
@@ -72,6 +73,24 @@ pub struct NadInfo {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A long-lived source that a host process (the node agent) hands to each
+/// call, e.g. a watch-based cache of the Kubernetes API. It is authoritative
+/// like the API itself: a pod it does not know is an error to retry.
+pub trait Lookup: Send + Sync + std::fmt::Debug {
+    /// `uid` is the runtime's `K8S_POD_UID`: a cache holding an older pod of
+    /// the same name asks the API instead.
+    fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<PodInfo>>;
+    fn nad(&self, namespace: &str, name: &str) -> Result<Option<NadInfo>>;
+    fn publish_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
+}
+
+/// What the process running a call provides beyond the call itself.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// Used instead of the config's `kubeconfig` when set.
+    pub lookup: Option<Arc<dyn Lookup>>,
+}
+
 /// The source chosen by the plugin config.
 #[derive(Debug)]
 pub enum Source {
@@ -79,9 +98,24 @@ pub enum Source {
     None,
     Dir(dir::DirSource),
     Kube(kube::KubeSource),
+    Shared(Arc<dyn Lookup>),
 }
 
 impl Source {
+    /// The host's shared source when it has one, else the config's.
+    pub fn for_call(conf: &NetConf, services: &Services) -> Result<Self> {
+        match &services.lookup {
+            Some(l) => Ok(Source::Shared(l.clone())),
+            None => Self::from_conf(conf),
+        }
+    }
+
+    /// Whether a pod missing from this source means it does not exist yet
+    /// (the API or a cache of it), rather than "no annotations to follow".
+    pub fn is_authoritative(&self) -> bool {
+        matches!(self, Source::Kube(_) | Source::Shared(_))
+    }
+
     pub fn from_conf(conf: &NetConf) -> Result<Self> {
         if let Some(path) = &conf.kubeconfig {
             return Ok(Source::Kube(kube::KubeSource::new(path)?));
@@ -92,11 +126,12 @@ impl Source {
         Ok(Source::None)
     }
 
-    pub fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+    pub fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<PodInfo>> {
         match self {
             Source::None => Ok(None),
             Source::Dir(d) => Ok(d.pod(namespace, name)),
             Source::Kube(k) => k.pod(namespace, name),
+            Source::Shared(l) => l.pod(namespace, name, uid),
         }
     }
 
@@ -105,6 +140,7 @@ impl Source {
             Source::None => Ok(None),
             Source::Dir(d) => Ok(d.nad(namespace, name)),
             Source::Kube(k) => k.nad(namespace, name),
+            Source::Shared(l) => l.nad(namespace, name),
         }
     }
 
@@ -113,6 +149,7 @@ impl Source {
     pub fn publish_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
         match self {
             Source::Kube(k) => k.publish_status(pod, status),
+            Source::Shared(l) => l.publish_status(pod, status),
             Source::None | Source::Dir(_) => Ok(()),
         }
     }

@@ -138,15 +138,193 @@ impl Drop for Netns {
     }
 }
 
+/// How the runtime's call reaches the CNI code: the `virtlink-cni` binary
+/// does the work itself, or it is a shim that forwards to `virtlink agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    Agent,
+}
+
+/// Runs a scenario `fn name(mode: Mode)` once per mode, as the tests
+/// `name::direct` and `name::agent`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn direct() {
+                super::$name(super::common::Mode::Direct)
+            }
+            #[test]
+            fn agent() {
+                super::$name(super::common::Mode::Agent)
+            }
+        }
+    )*};
+}
+
+/// The `virtlink` binary (for `virtlink agent`): built next to virtlink-cni
+/// by `cargo test --workspace` / `cargo build --workspace`.
+pub fn virtlink_binary() -> PathBuf {
+    let bin = plugin_binary().with_file_name("virtlink");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p virtlink` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `virtlink agent` process in a network namespace; killed on drop.
+#[derive(Debug)]
+pub struct Agent {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    netns: String,
+    extra: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent inside `netns` (a path) listening on `socket`, and
+    /// waits until the socket accepts connections.
+    pub fn start(
+        netns: &str,
+        socket: &std::path::Path,
+        log: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(netns, socket, log, &extra);
+        let me = Agent {
+            child,
+            socket: socket.to_path_buf(),
+            log: log.to_path_buf(),
+            netns: netns.to_string(),
+            extra,
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(
+        netns: &str,
+        socket: &std::path::Path,
+        log: &std::path::Path,
+        extra: &[String],
+    ) -> std::process::Child {
+        let _ = std::fs::remove_file(socket);
+        let ns = std::fs::File::open(netns).unwrap();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(virtlink_binary());
+        cmd.args(["--log", "info", "agent", "--socket"])
+            .arg(socket)
+            .args(extra)
+            .env_remove("VIRTLINK_LOG")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; it runs in the forked child
+        // before exec and only changes that child's network namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(
+                    std::os::fd::BorrowedFd::borrow_raw(fd),
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("spawn virtlink agent");
+        drop(ns);
+        child
+    }
+
+    fn wait_ready(&self) {
+        let up = wait_until(std::time::Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        });
+        assert!(
+            up,
+            "agent did not listen on {}:\n{}",
+            self.socket.display(),
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// CNI calls the agent has answered (from its log).
+    pub fn served(&self) -> usize {
+        self.log_text().matches("served CNI call").count()
+    }
+
+    /// Whether the process still runs (not killed, not a zombie).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILL, as the kernel's OOM killer or a node crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new process with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.netns, &self.socket, &self.log, &self.extra);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// What a test sets up: a node namespace with a macvlan master, the plugin's
 /// directories, and a plugin config.
 #[derive(Debug)]
 pub struct Node {
+    /// In agent mode; stopped first on drop.
+    pub agent: Option<Agent>,
     pub ns: Netns,
     pub dir: tempfile::TempDir,
 }
 
 impl Node {
+    /// A node whose plugin runs in `mode` (an agent in the node namespace
+    /// for [`Mode::Agent`]).
+    pub fn with_mode(mode: Mode) -> Self {
+        let mut node = Self::new();
+        if mode == Mode::Agent {
+            node.start_agent(&[]);
+        }
+        node
+    }
+
+    pub fn start_agent(&mut self, extra: &[&str]) {
+        let socket = self.dir.path().join("agent.sock");
+        let log = self.dir.path().join("agent.log");
+        self.agent = Some(Agent::start(&self.ns.path(), &socket, &log, extra));
+    }
+
+    pub fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("node runs an agent")
+    }
+
     pub fn new() -> Self {
         let ns = Netns::new("vlnode");
         // A bridge with no ports serves as the macvlan master (no dummy here).
@@ -163,7 +341,11 @@ impl Node {
         for d in ["manifests", "state", "ipam"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        Node { ns, dir }
+        Node {
+            agent: None,
+            ns,
+            dir,
+        }
     }
 
     pub fn bin(&self) -> PathBuf {
@@ -181,7 +363,7 @@ impl Node {
 
     /// The plugin config for `version` with the standard cluster network.
     pub fn conf(&self, version: &str) -> Value {
-        json!({
+        let mut conf = json!({
             "cniVersion": version,
             "name": "virtlink",
             "type": "virtlink-cni",
@@ -192,7 +374,11 @@ impl Node {
             },
             "manifestsDir": self.manifests(),
             "stateDir": self.state(),
-        })
+        });
+        if let Some(agent) = &self.agent {
+            conf["daemonSocket"] = json!(agent.socket);
+        }
+        conf
     }
 
     /// Writes a manifest file (YAML text) into the manifests dir.
@@ -287,6 +473,28 @@ impl Node {
 
     /// Runs the plugin with exactly these variables (plus `extra`) and stdin.
     pub fn call_raw(&self, vars: &[(&str, &str)], extra: &[(&str, &str)], stdin: &[u8]) -> Outcome {
+        // In agent mode, a call that succeeds while the agent runs must have
+        // been served by it (and not by a shim that silently ran it itself).
+        let via_agent = self
+            .agent
+            .as_ref()
+            .filter(|a| a.alive() && String::from_utf8_lossy(stdin).contains("daemonSocket"))
+            .map(|a| (a, a.served()));
+        let outcome = self.call_plugin(vars, extra, stdin);
+        if let Some((agent, before)) = via_agent {
+            if outcome.ok && agent.alive() {
+                let served = common_wait(|| agent.served() > before);
+                assert!(
+                    served,
+                    "the agent did not serve this call:\n{}",
+                    agent.log_text()
+                );
+            }
+        }
+        outcome
+    }
+
+    fn call_plugin(&self, vars: &[(&str, &str)], extra: &[(&str, &str)], stdin: &[u8]) -> Outcome {
         let node = std::fs::File::open(self.ns.path()).unwrap();
         let mut cmd = Command::new(self.bin().join("virtlink-cni"));
         cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
@@ -419,6 +627,10 @@ impl Outcome {
 
 pub fn plugin_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_virtlink-cni"))
+}
+
+fn common_wait(cond: impl FnMut() -> bool) -> bool {
+    wait_until(std::time::Duration::from_secs(2), cond)
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
