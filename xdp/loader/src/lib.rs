@@ -1,0 +1,218 @@
+//! virtlink's eBPF datapath: loads the programs built from `xdp/ebpf`,
+//! attaches them with tcx, pins their links and maps per pod on bpffs and
+//! detaches them again.
+//!
+//! - [`nat`]: the masquerade binding's NAT (and anti-spoofing) per pod;
+//! - [`vlan`]: 802.1Q push/pop on an interface;
+//! - [`redirect`]: an untranslated `bpf_redirect_peer` path (benchmark ceiling);
+//! - [`bpffs`]: mounting bpffs and pin directories.
+//!
+//! Every function that names an interface works in the calling thread's
+//! network namespace: call it on a thread inside the pod's namespace
+//! (`netattach::netns::run_in`).
+
+pub mod bpffs;
+pub mod nat;
+pub mod redirect;
+pub mod vlan;
+
+use std::path::PathBuf;
+
+use aya::programs::{
+    links::{FdLink, LinkError, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+};
+use aya::{Ebpf, EbpfLoader};
+
+pub use virtlink_xdp_common as common;
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/virtlink-xdp"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("load the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {0} is not in the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is not in the eBPF object")]
+    MissingMap(&'static str),
+    #[error("load program {name} into the kernel")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("attach {name} to {iface} {direction}")]
+    Attach {
+        name: &'static str,
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("pinned link {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("map {name}: {step}")]
+    Map {
+        name: &'static str,
+        step: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("{step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mount bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{path} is not on a bpffs")]
+    NotBpffs { path: PathBuf },
+    #[error("interface {name} not found")]
+    NoInterface {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Error::Map` for `name` at `step`.
+pub(crate) fn map_err(
+    name: &'static str,
+    step: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map {
+        name,
+        step,
+        source: Box::new(source),
+    }
+}
+
+/// Loads the object; maps declared as pinned are created in (or reused from)
+/// `pin_dir`.
+fn load(pin_dir: Option<&std::path::Path>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        loader.default_map_pin_directory(dir);
+    }
+    loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))
+}
+
+/// The loaded program `name`, as a TC classifier in the kernel.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name,
+            source: Box::new(source),
+        })?;
+    prog.load().map_err(|source| Error::Program {
+        name,
+        source: Box::new(source),
+    })?;
+    Ok(prog)
+}
+
+fn direction(t: TcAttachType) -> &'static str {
+    match t {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(name).map_err(|source| Error::NoInterface {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Attaches `prog` with tcx at `iface`/`attach`. With `pin`, a link already
+/// pinned there gets the new program atomically (`bpf_link_update`: no
+/// packet sees no program), otherwise the new link is pinned there.
+fn attach(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    attach: TcAttachType,
+    pin: Option<&std::path::Path>,
+) -> Result<()> {
+    let attach_err = |source| Error::Attach {
+        name,
+        iface: iface.to_string(),
+        direction: direction(attach),
+        source: Box::new(source),
+    };
+    if let Some(path) = pin {
+        match PinnedLink::from_pin(path) {
+            Ok(old) => {
+                let fd: FdLink = old.into();
+                let link = SchedClassifierLink::try_from(fd).map_err(|source| Error::Link {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?;
+                prog.attach_to_link(link).map_err(attach_err)?;
+                tracing::info!(program = name, iface, link = %path.display(), "replaced the program of a pinned link");
+                return Ok(());
+            }
+            Err(LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Link {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            attach,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(attach_err)?;
+    if let Some(path) = pin {
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd: FdLink = link.try_into().map_err(|source| Error::Link {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        fd.pin(path).map_err(|source| Error::Pin {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    }
+    tracing::info!(
+        program = name,
+        iface,
+        direction = direction(attach),
+        "attached"
+    );
+    Ok(())
+}
