@@ -28,16 +28,16 @@ use crate::packet::{
 };
 
 #[map(name = "VL_CONFIG")]
-static CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+static CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "VL_CT")]
-static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CONNTRACK_MAX, 0);
 
 #[map(name = "VL_PORTS")]
-static PORTS: HashMap<PortKey, u8> = HashMap::pinned(PORTS_MAX, 0);
+static PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORTS_MAX, 0);
 
 #[map(name = "VL_COUNTERS")]
-static COUNTER_MAP: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS, 0);
+static COUNTER_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
 /// Attempts at a free NAT port before the connection is dropped.
 const PORT_TRIES: u32 = 16;

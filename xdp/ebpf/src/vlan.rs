@@ -12,6 +12,8 @@ use aya_ebpf::{
 use virtlink_xdp_common::VlanConfig;
 
 const ETH_P_8021Q: u16 = 0x8100;
+/// `PACKET_HOST` from linux/if_packet.h.
+const PACKET_HOST: u32 = 0;
 
 #[map(name = "VL_VLAN")]
 static VLAN: Array<VlanConfig> = Array::with_max_entries(1, 0);
@@ -68,9 +70,18 @@ pub fn redirect_peer(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is the program's own context, valid for the run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a read-only lookup of a u32 value.
-    match unsafe { REDIRECT.get(&ifindex) } {
-        // SAFETY: a helper taking an ifindex and flags.
-        Some(&target) => unsafe { bpf_redirect_peer(target, 0) as i32 },
-        None => TC_ACT_OK as i32,
+    let Some(&target) = (unsafe { REDIRECT.get(&ifindex) }) else {
+        return TC_ACT_OK as i32;
+    };
+    // The packet type was set against this interface's MAC; the peer does
+    // not classify it again, so a unicast frame (addressed to the peer,
+    // which answered its ARP) would stay "other host" and be dropped there.
+    let Ok(dst0) = ctx.load::<u8>(0) else {
+        return TC_ACT_SHOT as i32;
+    };
+    if dst0 & 1 == 0 && ctx.skb.change_type(PACKET_HOST).is_err() {
+        return TC_ACT_SHOT as i32;
     }
+    // SAFETY: a helper taking an ifindex and flags.
+    unsafe { bpf_redirect_peer(target, 0) as i32 }
 }

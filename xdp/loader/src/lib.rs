@@ -110,12 +110,14 @@ pub(crate) fn map_err(
     }
 }
 
-/// Loads the object; maps declared as pinned are created in (or reused from)
-/// `pin_dir`.
+/// Loads the object; with `pin_dir`, the NAT maps are created pinned there,
+/// or reused when already pinned there.
 fn load(pin_dir: Option<&std::path::Path>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pin_dir {
-        loader.default_map_pin_directory(dir);
+        for name in common::NAT_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
     }
     loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))
 }

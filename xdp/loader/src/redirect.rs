@@ -45,3 +45,18 @@ pub fn attach_redirect_peer(pairs: &[(&str, &str)]) -> Result<RedirectPeer> {
         _ebpf: ebpf,
     })
 }
+
+impl RedirectPeer {
+    /// The redirect map's `(from ifindex, to ifindex)` entries.
+    pub fn entries(&self) -> Result<Vec<(u32, u32)>> {
+        let map = self
+            ._ebpf
+            .map(MAP_REDIRECT)
+            .ok_or(Error::MissingMap(MAP_REDIRECT))?;
+        let m: HashMap<_, u32, u32> =
+            HashMap::try_from(map).map_err(map_err(MAP_REDIRECT, "open"))?;
+        m.iter()
+            .map(|r| r.map_err(map_err(MAP_REDIRECT, "read")))
+            .collect()
+    }
+}
