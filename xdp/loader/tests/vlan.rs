@@ -31,7 +31,7 @@ fn same_vlan_talks_other_vlan_does_not_and_frames_carry_the_tag() -> Result<()> 
     let (a, b, c) = (&hosts[0].0, &hosts[1].0, &hosts[2].0);
 
     // Capture on a's bridge port while a pings b.
-    let mut dump = Command::new("ip")
+    let dump = Command::new("ip")
         .args(["netns", "exec", &wire.name, "timeout", "5", "tcpdump"])
         .args(["-i", "w1", "-e", "-nn", "-c", "2", "vlan", "and", "icmp"])
         .stdout(Stdio::piped())
