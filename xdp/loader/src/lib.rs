@@ -218,3 +218,19 @@ fn attach(
     );
     Ok(())
 }
+
+/// Ids of the programs attached with tcx to `iface` (ingress, then egress),
+/// in the calling thread's namespace.
+pub fn tcx_programs(iface: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, progs) = SchedClassifier::query_tcx(iface, at).map_err(|source| Error::Attach {
+            name: "(query)",
+            iface: iface.to_string(),
+            direction: direction(at),
+            source: Box::new(source),
+        })?;
+        ids.extend(progs.iter().map(|p| p.id()));
+    }
+    Ok(ids)
+}
