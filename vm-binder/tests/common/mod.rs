@@ -298,14 +298,30 @@ pub fn bind_and_boot(
     vm_tests::Vm,
     tempfile::TempDir,
 )> {
+    bind_and_boot_with(pod, vm_json, name_prefix, |_| {})
+}
+
+/// [`bind_and_boot`] with options changed by `tweak`.
+pub fn bind_and_boot_with(
+    pod: &Pod,
+    vm_json: &str,
+    name_prefix: &str,
+    tweak: impl FnOnce(&mut vm_binder::BindOptions),
+) -> Result<(
+    vm_binder::Vm,
+    vm_binder::Binding,
+    vm_tests::Vm,
+    tempfile::TempDir,
+)> {
     let dir = tempfile::tempdir()?;
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.96.0.10\n")?;
     let vm = vm_binder::Vm::parse(vm_json)?;
-    let opts = vm_binder::BindOptions {
+    let mut opts = vm_binder::BindOptions {
         resolv_conf: resolv,
         ..Default::default()
     };
+    tweak(&mut opts);
     let binding = vm_binder::bind(&vm, &pod.pod.path, &[], &opts)?;
     let guest = vm_tests::Vm::boot(
         vm_tests::VmSpec::new(unique(name_prefix))
