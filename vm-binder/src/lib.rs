@@ -207,12 +207,37 @@ impl Binding {
     }
 }
 
-/// Where the eBPF datapath of a VM interface pins its maps and links.
-pub fn pin_dir(bpffs_root: &Path, vm: &Vm, iface: &str) -> PathBuf {
+/// Where the eBPF datapath of a VM interface pins its maps and links:
+/// `<root>/virtlink/<namespace>_<vm>_<iface>_<netns inode, hex>` (the
+/// inode keeps two pods of the same VM name apart, e.g. during a restart).
+pub fn pin_dir(bpffs_root: &Path, vm: &Vm, pod_netns: &Path, iface: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(pod_netns).map(|m| m.ino()).unwrap_or(0);
     virtlink_xdp::bpffs::pod_dir(
         bpffs_root,
-        &format!("{}_{}_{}", vm.namespace, vm.name, iface),
+        &format!("{}_{}_{}_{ino:x}", vm.namespace, vm.name, iface),
     )
+}
+
+/// The pin directories of `vm`'s interfaces under `bpffs_root` (for
+/// `virtlink stats`): `(directory name, path)`.
+pub fn pin_dirs(bpffs_root: &Path, namespace: &str, vm: &str) -> Vec<(String, PathBuf)> {
+    let prefix = virtlink_xdp::bpffs::pod_dir(bpffs_root, &format!("{namespace}_{vm}_"));
+    let (Some(parent), Some(prefix)) = (prefix.parent(), prefix.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = prefix.to_string_lossy().into_owned();
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix).then(|| (name, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The guest tap of the VM interface at `index`.
@@ -419,7 +444,7 @@ fn bind_one(
                     virtlink_xdp::bpffs::ensure_mounted(&opts.bpffs_root)
                         .map_err(step(&p.name, "mount bpffs"))?;
                     Some(EbpfMasquerade {
-                        pin_dir: pin_dir(&opts.bpffs_root, vm, &p.name),
+                        pin_dir: pin_dir(&opts.bpffs_root, vm, netns, &p.name),
                         guest_mac: mac,
                         istio: opts.istio,
                     })
@@ -665,7 +690,7 @@ pub fn unbind_with(
             .map_err(Error::from)
             .and_then(|r| r.map_err(step(&name, "undo bridge binding"))),
             BindingKind::Masquerade => {
-                let pins = pin_dir(bpffs_root, vm, &name);
+                let pins = pin_dir(bpffs_root, vm, pod_netns, &name);
                 netattach::netns::run_in(pod_netns, move || {
                     virtlink_xdp::nat::detach(&pins)
                         .map_err(step(&name, "detach eBPF masquerade"))?;

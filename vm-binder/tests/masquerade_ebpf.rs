@@ -76,8 +76,11 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
         ..Default::default()
     };
     let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, "default");
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
     assert!(pins.join("link_guest_ingress").exists());
+    let listed = vm_binder::pin_dirs(bpffs.0.path(), "test", "masq");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].1, pins);
     assert!(pins.join("link_pod_ingress").exists());
     let attached = netattach::netns::run_in(&pod.pod.path, || {
         virtlink_xdp::tcx_programs("eth0")

@@ -43,7 +43,7 @@ fn guest_on_ebpf_masquerade() -> Result<()> {
             o.bpffs_root = root;
         },
     )?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, "default");
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
     let pinned = virtlink_xdp::nat::Pinned::open(&pins)?;
     let t = Duration::from_secs(30);
 
@@ -52,7 +52,7 @@ fn guest_on_ebpf_masquerade() -> Result<()> {
 
     // Outbound ICMP and TCP (iperf3 to a server in the network namespace).
     guest.run_ok(&format!("ping -c 2 -W 5 {NET_IP}"), t)?;
-    let mut server = std::process::Command::new("ip")
+    let server = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",
