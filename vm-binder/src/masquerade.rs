@@ -22,11 +22,11 @@ pub const ISTIO_PORTS: [u16; 10] = virtlink_xdp::common::ENVOY_PORTS;
 #[serde(rename_all = "lowercase")]
 pub enum Datapath {
     /// An nftables table in the pod namespace (netfilter NAT, conntrack).
-    #[default]
     Nftables,
     /// virtlink's eBPF programs (xdp/, docs/xdp.md) for IPv4; the nftables
     /// table stays for IPv6 and for the IPv4 packets the programs pass on
     /// (fragments, ICMP errors).
+    #[default]
     Ebpf,
 }
 
@@ -411,6 +411,6 @@ mod tests {
         assert_eq!("ebpf".parse::<Datapath>(), Ok(Datapath::Ebpf));
         assert_eq!("nftables".parse::<Datapath>(), Ok(Datapath::Nftables));
         assert!("xdp".parse::<Datapath>().is_err());
-        assert_eq!(Datapath::default(), Datapath::Nftables);
+        assert_eq!(Datapath::default(), Datapath::Ebpf);
     }
 }

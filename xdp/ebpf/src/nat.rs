@@ -23,8 +23,8 @@ use virtlink_xdp_common::{
 };
 
 use crate::packet::{
-    self, parse_ipv4, rewrite, Ipv4Packet, Result, ETH_HLEN, ETH_P_ARP, ICMP_ECHO_REQUEST, TCP_ACK,
-    TCP_FIN, TCP_RST,
+    self, parse_ipv4, parse_quoted, rewrite, rewrite_icmp_error, Ipv4Packet, Result, ETH_HLEN,
+    ETH_P_ARP, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN, TCP_RST,
 };
 
 #[map(name = "VL_CONFIG")]
@@ -218,6 +218,31 @@ fn local_destination(cfg: &NatConfig, daddr: u32) -> bool {
         || (224..240).contains(&first)
 }
 
+/// Translates an ICMP error about a tracked connection (the quoted packet,
+/// reversed, is the connection's key on this side); `Ok(false)` when it is
+/// about no tracked connection.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, p: &Ipv4Packet, from_guest: bool) -> Result<bool> {
+    let Some(q) = parse_quoted(ctx, p)? else {
+        return Ok(false);
+    };
+    let key = FlowKey {
+        src_ip: [q.daddr, 0, 0, 0],
+        dst_ip: [q.saddr, 0, 0, 0],
+        src_port: q.dport,
+        dst_port: q.sport,
+        proto: q.proto,
+        family: 4,
+        _pad: [0; 2],
+    };
+    // SAFETY: a read of an entry from a successful lookup, copied at once.
+    let Some(e) = (unsafe { CONNTRACK.get(&key) }).copied() else {
+        return Ok(false);
+    };
+    rewrite_icmp_error(ctx, p, &q, from_guest, e.addr[0], e.port)?;
+    Ok(true)
+}
+
 #[classifier]
 pub fn guest_ingress(ctx: TcContext) -> i32 {
     match try_guest_ingress(&ctx) {
@@ -260,6 +285,18 @@ fn try_guest_ingress(ctx: &TcContext) -> Result<i32> {
             return Ok(TC_ACT_SHOT as i32);
         }
         return Ok(pass());
+    }
+    if cfg.flags & FLAG_ISTIO == 0
+        && !local_destination(cfg, p.daddr)
+        && p.is_icmp_error()
+        && icmp_error(ctx, &p, true)?
+    {
+        count(Counter::OutPackets, 1);
+        count(Counter::OutBytes, ctx.len() as u64);
+        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
+        return Ok(
+            unsafe { bpf_redirect_neigh(cfg.pod_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+        );
     }
     if cfg.flags & FLAG_ISTIO != 0
         || local_destination(cfg, p.daddr)
@@ -347,7 +384,24 @@ fn try_pod_ingress(ctx: &TcContext) -> Result<i32> {
     let Some(p) = parse_ipv4(ctx)? else {
         return Ok(pass());
     };
-    if p.daddr != cfg.pod_ip || !p.translatable() {
+    if p.daddr != cfg.pod_ip {
+        return Ok(pass());
+    }
+    if p.is_icmp_error() {
+        if !icmp_error(ctx, &p, false)? {
+            return Ok(pass());
+        }
+        count(Counter::InPackets, 1);
+        count(Counter::InBytes, ctx.len() as u64);
+        if cfg.flags & FLAG_ISTIO != 0 {
+            return Ok(TC_ACT_OK as i32);
+        }
+        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
+        return Ok(
+            unsafe { bpf_redirect_neigh(cfg.guest_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+        );
+    }
+    if !p.translatable() {
         return Ok(pass());
     }
     let key = key_of(&p);

@@ -16,7 +16,9 @@ const IP_SADDR: usize = ETH_HLEN + 12;
 const IP_DADDR: usize = ETH_HLEN + 16;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -50,6 +52,113 @@ impl Ipv4Packet {
             _ => false,
         }
     }
+}
+
+impl Ipv4Packet {
+    /// An ICMP error that quotes the packet it is about.
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && (self.icmp_type == ICMP_DEST_UNREACH || self.icmp_type == ICMP_TIME_EXCEEDED)
+    }
+}
+
+/// The packet quoted in an ICMP error (raw addresses and ports; an ICMP
+/// echo request has its id in `sport`).
+pub struct Quoted {
+    /// Offset of the quoted IPv4 header.
+    pub ip: usize,
+    /// Offset of the quoted L4 header.
+    pub l4: usize,
+    pub proto: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Parses the IPv4 packet quoted by the ICMP error `p` (TCP, UDP or an echo
+/// request).
+#[inline(always)]
+pub fn parse_quoted(ctx: &TcContext, p: &Ipv4Packet) -> Result<Option<Quoted>> {
+    let ip = p.l4 + 8;
+    let vihl: u8 = ctx.load(ip)?;
+    if vihl >> 4 != 4 {
+        return Ok(None);
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Ok(None);
+    }
+    let l4 = ip + ihl;
+    let proto: u8 = ctx.load(ip + 9)?;
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (ctx.load::<u16>(l4)?, ctx.load::<u16>(l4 + 2)?),
+        IPPROTO_ICMP => {
+            let t: u8 = ctx.load(l4)?;
+            if t != ICMP_ECHO_REQUEST {
+                return Ok(None);
+            }
+            (ctx.load::<u16>(l4 + 4)?, 0)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Quoted {
+        ip,
+        l4,
+        proto,
+        saddr: ctx.load(ip + 12)?,
+        daddr: ctx.load(ip + 16)?,
+        sport,
+        dport,
+    }))
+}
+
+/// Rewrites an ICMP error about a translated flow: the outer source
+/// (`from_guest`) or destination becomes `addr`; in the quoted packet the
+/// matching destination (`from_guest`) or source becomes `addr`/`port`. The
+/// outer IPv4 checksum, the quoted IPv4 checksum and the ICMP checksum (which
+/// covers the quoted bytes) are updated; the quoted L4 checksum is left as is
+/// (only its first 8 bytes are quoted; receivers do not check it).
+#[inline(always)]
+pub fn rewrite_icmp_error(
+    ctx: &TcContext,
+    p: &Ipv4Packet,
+    q: &Quoted,
+    from_guest: bool,
+    addr: u32,
+    port: u16,
+) -> Result<()> {
+    let icmp_csum = p.l4 + 2;
+    let (outer_off, outer_old) = if from_guest {
+        (IP_SADDR, p.saddr)
+    } else {
+        (IP_DADDR, p.daddr)
+    };
+    ctx.l3_csum_replace(IP_CSUM, outer_old as u64, addr as u64, 4)?;
+    ctx.store(outer_off, &addr, 0)?;
+
+    let (inner_off, inner_old) = if from_guest {
+        (q.ip + 16, q.daddr)
+    } else {
+        (q.ip + 12, q.saddr)
+    };
+    let old_sum: u16 = ctx.load(q.ip + 10)?;
+    ctx.l3_csum_replace(q.ip + 10, inner_old as u64, addr as u64, 4)?;
+    let new_sum: u16 = ctx.load(q.ip + 10)?;
+    ctx.store(inner_off, &addr, 0)?;
+    ctx.l4_csum_replace(icmp_csum, inner_old as u64, addr as u64, 4)?;
+    ctx.l4_csum_replace(icmp_csum, old_sum as u64, new_sum as u64, 2)?;
+
+    let (port_off, port_old) = match q.proto {
+        IPPROTO_ICMP => (q.l4 + 4, q.sport),
+        _ if from_guest => (q.l4 + 2, q.dport),
+        _ => (q.l4, q.sport),
+    };
+    if port_old != port {
+        ctx.store(port_off, &port, 0)?;
+        ctx.l4_csum_replace(icmp_csum, port_old as u64, port as u64, 2)?;
+    }
+    Ok(())
 }
 
 #[inline(always)]

@@ -395,3 +395,38 @@ fn spoofed_mac_and_ip_are_dropped_and_counted() -> Result<()> {
     assert!(pinned.counter(Counter::DropSpoofMac)? >= 1);
     Ok(())
 }
+
+/// Waits for an error on a connected UDP socket (an ICMP error arrived).
+fn refused(sock: &UdpSocket) -> bool {
+    let mut buf = [0u8; 16];
+    match sock.recv(&mut buf) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    t.attach(0, t.spec(0, Forward::All))?;
+    // The world answers the guest's UDP to a closed port with "port
+    // unreachable" to the pod IP and NAT port; the guest's socket must see it.
+    let guest_sock = udp(&p.guest, "0.0.0.0:0")?;
+    guest_sock.connect(format!("{PEER_IP}:7999"))?;
+    guest_sock.send(b"anyone?")?;
+    assert!(refused(&guest_sock), "the guest did not get the ICMP error");
+    // The guest answers UDP to a forwarded port it does not listen on; the
+    // client in the world must see the error.
+    let client = udp(&t.peer, &format!("{PEER_IP}:0"))?;
+    client.connect(format!("{}:8999", p.pod_ip))?;
+    client.send(b"hello guest")?;
+    assert!(
+        refused(&client),
+        "the client did not get the guest's ICMP error"
+    );
+    Ok(())
+}
