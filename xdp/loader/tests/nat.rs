@@ -430,3 +430,48 @@ fn icmp_errors_are_translated_both_ways() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn istio_mode_goes_through_the_pods_stack() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    // Istio mode routes the guest's packets through the pod's stack.
+    p.pod.sysctl("net.ipv4.ip_forward", "1")?;
+    let mut spec = t.spec(0, Forward::All);
+    spec.istio = true;
+    t.attach(0, spec)?;
+    assert_eq!(
+        tcx_ids(p)?.len(),
+        3,
+        "guest_ingress, pod_ingress, pod_egress"
+    );
+    // A netfilter rule in the pod (as a sidecar's would be) sees the
+    // guest's own addresses and applies.
+    p.pod.exec(
+        "nft",
+        &["add table inet sidecar; \
+             add chain inet sidecar outbound { type filter hook forward priority 0; }; \
+             add rule inet sidecar outbound ip saddr 10.0.2.2 tcp dport 7401 counter drop"],
+    )?;
+    let l = listen(&t.peer, &format!("{PEER_IP}:7400"))?;
+    let mut c = connect(&p.guest, &format!("{PEER_IP}:7400"), None)?;
+    let (mut s, from) = accept(&l)?;
+    assert_eq!(from.ip().to_string(), p.pod_ip);
+    assert!(nat_port(from.port()), "translated after the stack: {from}");
+    exchange(&mut c, &mut s, b"via the stack")?;
+    exchange(&mut s, &mut c, b"and back")?;
+    let _l2 = listen(&t.peer, &format!("{PEER_IP}:7401"))?;
+    assert!(
+        connect(&p.guest, &format!("{PEER_IP}:7401"), None).is_err(),
+        "the pod's forward rule did not apply"
+    );
+    let rules = p.pod.exec("nft", &["list", "table", "inet", "sidecar"])?;
+    assert!(!rules.contains("packets 0 "), "{rules}");
+    // New inbound connections are left to the pod's stack (the sidecar).
+    let _g = listen(&p.guest, &format!("{GUEST_IP}:8080"))?;
+    assert!(connect(&t.peer, &format!("{}:8080", p.pod_ip), None).is_err());
+    Ok(())
+}
