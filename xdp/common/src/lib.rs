@@ -14,11 +14,12 @@ mod layout {
 
     #[test]
     fn no_implicit_padding() {
-        assert_eq!(size_of::<NatConfig>(), 11 * 4 + 4 * 2 + 6 + 2);
+        assert_eq!(size_of::<NatConfig>(), 11 * 4 + 4 * 2 + 6 + 6);
         assert_eq!(size_of::<FlowKey>(), 32 + 4 + 4);
         assert_eq!(size_of::<CtEntry>(), 16 + 4 + 4 + 8);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<VlanConfig>(), 4);
+        assert_eq!(size_of::<L2Entry>(), 12);
     }
 
     #[test]
@@ -70,6 +71,9 @@ pub const MAP_PORTS: &str = "VL_PORTS";
 pub const MAP_COUNTERS: &str = "VL_COUNTERS";
 /// Ingress ifindex (`u32`) -> the ifindex whose peer gets the packet.
 pub const MAP_REDIRECT: &str = "VL_REDIRECT";
+/// Remote IPv4 (`u32`, raw) -> [`L2Entry`]: MACs learned from the world's
+/// translated packets (not pinned: relearned after a reload).
+pub const MAP_L2: &str = "VL_L2";
 /// [`VlanConfig`] at index 0.
 pub const MAP_VLAN: &str = "VL_VLAN";
 
@@ -100,6 +104,14 @@ pub const FLAG_ANTI_SPOOF: u32 = 2;
 /// [`NatConfig::flags`]: translated packets go through the pod's network stack
 /// (`TC_ACT_OK` after rewriting) instead of being redirected past it.
 pub const FLAG_ISTIO: u32 = 4;
+
+/// [`NatConfig::flags`]: the pod interface is a veth: translated packets
+/// go straight to its peer's ingress (`bpf_redirect_peer`) when the FIB
+/// knows the next hop's MAC.
+pub const FLAG_POD_PEER: u32 = 8;
+/// [`NatConfig::flags`]: the guest's interface is a veth (a guest namespace
+/// instead of a VM): `bpf_redirect_peer` to the guest.
+pub const FLAG_GUEST_PEER: u32 = 16;
 
 /// [`MAP_PORTS`] value: new inbound connections to the port go to the guest.
 pub const PORT_FORWARD: u8 = 1;
@@ -136,9 +148,10 @@ pub struct NatConfig {
     /// replies to the pod's own sockets.
     pub local_port_min: u16,
     pub local_port_max: u16,
-    /// The guest's MAC (anti-spoofing).
+    /// The guest's MAC (anti-spoofing; destination of frames to the guest).
     pub guest_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The tap's MAC (source of frames to the guest).
+    pub tap_mac: [u8; 6],
 }
 
 /// A packet's flow as seen where it arrives. ICMP echo: requests carry the
@@ -202,6 +215,17 @@ pub struct CtEntry {
     pub _pad: u32,
     /// `bpf_ktime_get_ns` of the last packet.
     pub last_seen_ns: u64,
+}
+
+/// The Ethernet addresses towards one remote: the source and destination
+/// MACs of the last translated packet from it, swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Entry {
+    /// The next hop's MAC (destination of frames to the remote).
+    pub dmac: [u8; 6],
+    /// The pod interface's MAC (their source).
+    pub smac: [u8; 6],
 }
 
 /// A forwarded (or denied) port: protocol and port in host byte order.
@@ -300,4 +324,6 @@ mod user {
     unsafe impl aya::Pod for PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VlanConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for L2Entry {}
 }

@@ -11,15 +11,18 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use virtlink_xdp_common::{
-    Counter, CtEntry, FlowKey, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_IN, DIR_OUT,
-    FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_ISTIO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    PORTS_MAX, PORT_DENY, PORT_FORWARD, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN,
+    Counter, CtEntry, FlowKey, L2Entry, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_IN,
+    DIR_OUT, FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORTS_MAX, PORT_DENY, PORT_FORWARD, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_SYN,
 };
 
 use crate::packet::{
@@ -35,6 +38,9 @@ static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CO
 
 #[map(name = "VL_PORTS")]
 static PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORTS_MAX, 0);
+
+#[map(name = "VL_L2")]
+static L2: LruHashMap<u32, L2Entry> = LruHashMap::with_max_entries(4096, 0);
 
 #[map(name = "VL_COUNTERS")]
 static COUNTER_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
@@ -243,6 +249,75 @@ fn icmp_error(ctx: &TcContext, p: &Ipv4Packet, from_guest: bool) -> Result<bool>
     Ok(true)
 }
 
+/// Sends a translated guest packet out of the pod interface. Once a packet
+/// from the remote was translated, its MACs are known ([`learn`]): the frame
+/// goes straight to the veth peer's ingress (`bpf_redirect_peer`) or out of
+/// the interface (`bpf_redirect`). Before that, `bpf_redirect_neigh` resolves
+/// the next hop (`bpf_fib_lookup` would too, but it is GPL-only and these
+/// programs are not GPL-licensed).
+#[inline(always)]
+fn to_world(ctx: &TcContext, cfg: &NatConfig, daddr: u32) -> Result<i32> {
+    // SAFETY: a read of an entry from a successful lookup, copied at once.
+    let Some(l2) = (unsafe { L2.get(&daddr) }).copied() else {
+        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
+        return Ok(
+            unsafe { bpf_redirect_neigh(cfg.pod_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+        );
+    };
+    ctx.store(0, &l2.dmac, 0)?;
+    ctx.store(6, &l2.smac, 0)?;
+    if cfg.flags & FLAG_POD_PEER != 0 {
+        // SAFETY: a helper taking an ifindex and flags.
+        Ok(unsafe { bpf_redirect_peer(cfg.pod_ifindex, 0) } as i32)
+    } else {
+        // SAFETY: a helper taking an ifindex and flags (0: egress).
+        Ok(unsafe { bpf_redirect(cfg.pod_ifindex, 0) } as i32)
+    }
+}
+
+/// Remembers the MACs of a unicast frame from `saddr` that arrived on the
+/// pod interface: the way back to that remote (routing is symmetric on a
+/// pod's interface: the last hop is the next hop).
+#[inline(always)]
+fn learn(ctx: &TcContext, saddr: u32) -> Result<()> {
+    let dst: [u8; 6] = ctx.load(0)?;
+    if dst[0] & 1 != 0 {
+        return Ok(());
+    }
+    let src: [u8; 6] = ctx.load(6)?;
+    let entry = L2Entry {
+        dmac: src,
+        smac: dst,
+    };
+    // SAFETY: a read of an entry from a successful lookup, copied at once.
+    if (unsafe { L2.get(&saddr) }).copied() != Some(entry) {
+        let _ = L2.insert(&saddr, &entry, BPF_ANY as u64);
+    }
+    Ok(())
+}
+
+/// Sends a translated packet to the guest: the guest's and the tap's MACs
+/// are known, so no neighbour lookup; `bpf_redirect_peer` when the guest's
+/// interface is a veth, the tap's egress otherwise.
+#[inline(always)]
+fn to_guest(ctx: &TcContext, cfg: &NatConfig) -> Result<i32> {
+    if cfg.guest_mac == [0; 6] || cfg.tap_mac == [0; 6] {
+        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
+        return Ok(
+            unsafe { bpf_redirect_neigh(cfg.guest_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+        );
+    }
+    ctx.store(0, &cfg.guest_mac, 0)?;
+    ctx.store(6, &cfg.tap_mac, 0)?;
+    if cfg.flags & FLAG_GUEST_PEER != 0 {
+        // SAFETY: a helper taking an ifindex and flags.
+        Ok(unsafe { bpf_redirect_peer(cfg.guest_ifindex, 0) } as i32)
+    } else {
+        // SAFETY: a helper taking an ifindex and flags (0: egress).
+        Ok(unsafe { bpf_redirect(cfg.guest_ifindex, 0) } as i32)
+    }
+}
+
 #[classifier]
 pub fn guest_ingress(ctx: TcContext) -> i32 {
     match try_guest_ingress(&ctx) {
@@ -293,10 +368,7 @@ fn try_guest_ingress(ctx: &TcContext) -> Result<i32> {
     {
         count(Counter::OutPackets, 1);
         count(Counter::OutBytes, ctx.len() as u64);
-        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
-        return Ok(
-            unsafe { bpf_redirect_neigh(cfg.pod_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
-        );
+        return to_world(ctx, cfg, p.daddr);
     }
     if cfg.flags & FLAG_ISTIO != 0
         || local_destination(cfg, p.daddr)
@@ -308,8 +380,7 @@ fn try_guest_ingress(ctx: &TcContext) -> Result<i32> {
     if !snat(ctx, cfg, &p)? {
         return Ok(TC_ACT_SHOT as i32);
     }
-    // SAFETY: a helper taking an ifindex and no parameters (null, 0).
-    Ok(unsafe { bpf_redirect_neigh(cfg.pod_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+    to_world(ctx, cfg, p.daddr)
 }
 
 #[classifier]
@@ -396,10 +467,8 @@ fn try_pod_ingress(ctx: &TcContext) -> Result<i32> {
         if cfg.flags & FLAG_ISTIO != 0 {
             return Ok(TC_ACT_OK as i32);
         }
-        // SAFETY: a helper taking an ifindex and no parameters (null, 0).
-        return Ok(
-            unsafe { bpf_redirect_neigh(cfg.guest_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
-        );
+        learn(ctx, p.saddr)?;
+        return to_guest(ctx, cfg);
     }
     if !p.translatable() {
         return Ok(pass());
@@ -448,6 +517,7 @@ fn try_pod_ingress(ctx: &TcContext) -> Result<i32> {
             (cfg.guest_ip, p.dport)
         }
     };
+    learn(ctx, p.saddr)?;
     rewrite(ctx, &p, false, addr, port)?;
     count(Counter::InPackets, 1);
     count(Counter::InBytes, ctx.len() as u64);
@@ -455,6 +525,5 @@ fn try_pod_ingress(ctx: &TcContext) -> Result<i32> {
         // Through the pod's stack (routing, netfilter, the sidecar's rules).
         return Ok(TC_ACT_OK as i32);
     }
-    // SAFETY: a helper taking an ifindex and no parameters (null, 0).
-    Ok(unsafe { bpf_redirect_neigh(cfg.guest_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+    to_guest(ctx, cfg)
 }

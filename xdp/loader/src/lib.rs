@@ -234,3 +234,75 @@ pub fn tcx_programs(iface: &str) -> Result<Vec<u32>> {
     }
     Ok(ids)
 }
+
+/// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` from linux/sockios.h and ethtool.h.
+const SIOCETHTOOL: nix::libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 3;
+
+/// `struct ifreq` with the `ifr_data` member of its union.
+#[repr(C)]
+struct IfreqData {
+    name: [u8; 16],
+    data: *mut u8,
+    _rest: [u8; 16],
+}
+
+/// The driver of `iface` (`veth`, `tun`, ...) in the calling thread's
+/// namespace, from `ETHTOOL_GDRVINFO`.
+pub fn driver(iface: &str) -> Result<String> {
+    use std::os::fd::AsRawFd;
+    let io = |source| Error::Io {
+        step: "read the driver of",
+        path: PathBuf::from(iface),
+        source,
+    };
+    if iface.len() >= 16 {
+        return Err(Error::Config(format!("interface name {iface} too long")));
+    }
+    // Any AF_INET socket in this namespace serves for the ioctl.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    // struct ethtool_drvinfo: cmd, then driver[32], version[32], ... (196 bytes).
+    let mut info = [0u8; 196];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    let mut req = IfreqData {
+        name: [0; 16],
+        data: info.as_mut_ptr(),
+        _rest: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name and writes at most
+    // size_of(ethtool_drvinfo) = 196 bytes through `data`, which points to
+    // `info`; both outlive the call.
+    let ret = unsafe { nix::libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) };
+    if ret < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    let driver = &info[4..36];
+    let end = driver.iter().position(|&b| b == 0).unwrap_or(driver.len());
+    Ok(String::from_utf8_lossy(&driver[..end]).into_owned())
+}
+
+/// The MAC of `iface` in the calling thread's namespace.
+pub fn mac(iface: &str) -> Result<[u8; 6]> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| Error::NoInterface {
+        name: iface.to_string(),
+        source,
+    })?;
+    for a in addrs {
+        if a.interface_name != iface {
+            continue;
+        }
+        if let Some(mac) = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_link_addr())
+            .and_then(|l| l.addr())
+        {
+            return Ok(mac);
+        }
+    }
+    Err(Error::NoInterface {
+        name: iface.to_string(),
+        source: nix::Error::ENODEV,
+    })
+}

@@ -14,9 +14,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::TcAttachType;
 use virtlink_xdp_common::{
     Counter, CtEntry, FlowKey, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_OUT, ENVOY_PORTS,
-    FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_ISTIO, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG,
-    MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS, PORT_DENY, PORT_FORWARD, PROG_GUEST_INGRESS,
-    PROG_POD_EGRESS, PROG_POD_INGRESS, TCP_CLOSING, TCP_ESTABLISHED,
+    FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER, IPPROTO_TCP,
+    IPPROTO_UDP, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS, PORT_DENY, PORT_FORWARD,
+    PROG_GUEST_INGRESS, PROG_POD_EGRESS, PROG_POD_INGRESS, TCP_CLOSING, TCP_ESTABLISHED,
 };
 
 use crate::{attach as attach_prog, bpffs, classifier, ifindex, load, map_err, Error, Result};
@@ -134,13 +134,19 @@ fn reserve_ports(min: u16, max: u16) -> Result<()> {
     })
 }
 
+/// What [`attach`] learns about the interfaces in the pod's namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interfaces {
+    pub pod_ifindex: u32,
+    pub guest_ifindex: u32,
+    pub tap_mac: [u8; 6],
+    /// The pod interface / the guest's interface is a veth.
+    pub pod_veth: bool,
+    pub guest_veth: bool,
+}
+
 /// The [`NatConfig`] for `spec`.
-pub fn config(
-    spec: &NatSpec,
-    pod_ifindex: u32,
-    guest_ifindex: u32,
-    local: (u16, u16),
-) -> NatConfig {
+pub fn config(spec: &NatSpec, ifs: &Interfaces, local: (u16, u16)) -> NatConfig {
     let mut flags = 0;
     if matches!(spec.forward, Forward::All) {
         flags |= FLAG_FORWARD_ALL;
@@ -151,12 +157,18 @@ pub fn config(
     if spec.istio {
         flags |= FLAG_ISTIO;
     }
+    if ifs.pod_veth {
+        flags |= FLAG_POD_PEER;
+    }
+    if ifs.guest_veth {
+        flags |= FLAG_GUEST_PEER;
+    }
     NatConfig {
         pod_ip: raw(spec.pod_ip),
         guest_ip: raw(spec.guest_ip),
         gateway_ip: raw(spec.gateway_ip),
-        pod_ifindex,
-        guest_ifindex,
+        pod_ifindex: ifs.pod_ifindex,
+        guest_ifindex: ifs.guest_ifindex,
         flags,
         timeout_tcp_syn: spec.timeouts.tcp_syn,
         timeout_tcp_established: spec.timeouts.tcp_established,
@@ -168,7 +180,7 @@ pub fn config(
         local_port_min: local.0,
         local_port_max: local.1,
         guest_mac: spec.guest_mac,
-        _pad: [0; 2],
+        tap_mac: ifs.tap_mac,
     }
 }
 
@@ -226,8 +238,14 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
         );
     }
     reserve_ports(spec.nat_ports.0, spec.nat_ports.1)?;
-    let pod_ifindex = ifindex(&spec.pod_interface)?;
-    let guest_ifindex = ifindex(&spec.guest_interface)?;
+    let ifs = Interfaces {
+        pod_ifindex: ifindex(&spec.pod_interface)?,
+        guest_ifindex: ifindex(&spec.guest_interface)?,
+        tap_mac: crate::mac(&spec.guest_interface)?,
+        pod_veth: crate::driver(&spec.pod_interface)? == "veth",
+        guest_veth: crate::driver(&spec.guest_interface)? == "veth",
+    };
+    tracing::debug!(?ifs, "interfaces");
     bpffs::create_dir(&spec.pin_dir)?;
 
     let mut ebpf = load(Some(&spec.pin_dir))?;
@@ -237,7 +255,7 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
             .ok_or(Error::MissingMap(MAP_CONFIG))?;
         let mut cfg: Array<_, NatConfig> =
             Array::try_from(map).map_err(map_err(MAP_CONFIG, "open"))?;
-        cfg.set(0, config(spec, pod_ifindex, guest_ifindex, local), 0)
+        cfg.set(0, config(spec, &ifs, local), 0)
             .map_err(map_err(MAP_CONFIG, "write"))?;
     }
     {
@@ -531,9 +549,17 @@ mod tests {
             timeouts: Timeouts::default(),
             pin_dir: PathBuf::from("/sys/fs/bpf/virtlink/p"),
         };
-        let c = config(&spec, 2, 3, (32768, 60999));
+        let ifs = Interfaces {
+            pod_ifindex: 2,
+            guest_ifindex: 3,
+            tap_mac: [2, 0, 0, 0, 0, 9],
+            pod_veth: true,
+            guest_veth: false,
+        };
+        let c = config(&spec, &ifs, (32768, 60999));
         assert_eq!(c.pod_ip.to_ne_bytes(), [10, 99, 0, 5]);
-        assert_eq!(c.flags, FLAG_FORWARD_ALL | FLAG_ANTI_SPOOF);
+        assert_eq!(c.flags, FLAG_FORWARD_ALL | FLAG_ANTI_SPOOF | FLAG_POD_PEER);
+        assert_eq!(c.tap_mac, [2, 0, 0, 0, 0, 9]);
         assert_eq!((c.port_min, c.port_max), (61000, 65535));
     }
 }
