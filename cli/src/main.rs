@@ -7,6 +7,7 @@ mod bench;
 mod launcher;
 mod runtime;
 mod standalone;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,21 @@ enum Command {
     /// Print the CustomResourceDefinitions virtlink needs, generated from its
     /// Rust types (manifests/crds/ holds this output).
     Crd,
+    /// A VM's eBPF datapath counters (packets, bytes, drops by reason,
+    /// conntrack entries), read from its pinned maps.
+    Stats {
+        /// The VM's name.
+        vm: String,
+        /// The VM's Kubernetes namespace.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// The bpffs the binder pins under.
+        #[arg(long, default_value = virtlink_xdp::bpffs::DEFAULT_ROOT)]
+        bpffs_root: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks (figures go to docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -100,6 +116,12 @@ fn main() -> ExitCode {
         Command::Launcher { dir } => launcher::run(&dir),
         Command::Agent(args) => agent::run(args),
         Command::Crd => agent::print_crds(),
+        Command::Stats {
+            vm,
+            namespace,
+            bpffs_root,
+            json,
+        } => stats::run(&bpffs_root, &namespace, &vm, json),
         Command::Bench { what } => bench::run(what),
     };
     match outcome {

@@ -80,6 +80,14 @@ pub struct BindOptions {
     pub dhcp: bool,
     /// DHCP lease time, seconds.
     pub lease_time: u32,
+    /// Who translates the masquerade binding's traffic.
+    pub datapath: masquerade::Datapath,
+    /// The bpffs under which the eBPF datapath pins per pod
+    /// (`<root>/virtlink/<namespace>_<vm>_<iface>`); mounted when it is not.
+    pub bpffs_root: PathBuf,
+    /// The pod runs Istio's sidecar: eBPF-translated packets go through the
+    /// pod's stack (see docs/xdp.md).
+    pub istio: bool,
 }
 
 impl Default for BindOptions {
@@ -91,6 +99,9 @@ impl Default for BindOptions {
             tap_owner: None,
             dhcp: true,
             lease_time: 86400,
+            datapath: masquerade::Datapath::default(),
+            bpffs_root: PathBuf::from(virtlink_xdp::bpffs::DEFAULT_ROOT),
+            istio: false,
         }
     }
 }
@@ -157,6 +168,7 @@ pub struct Binding {
     pub netns: PathBuf,
     pub interfaces: Vec<BoundInterface>,
     servers: Vec<Server>,
+    bpffs_root: PathBuf,
 }
 
 impl Binding {
@@ -191,8 +203,41 @@ impl Binding {
         for s in self.servers.drain(..) {
             s.stop();
         }
-        unbind(vm, &self.netns, network_status)
+        unbind_with(vm, &self.netns, network_status, &self.bpffs_root)
     }
+}
+
+/// Where the eBPF datapath of a VM interface pins its maps and links:
+/// `<root>/virtlink/<namespace>_<vm>_<iface>_<netns inode, hex>` (the
+/// inode keeps two pods of the same VM name apart, e.g. during a restart).
+pub fn pin_dir(bpffs_root: &Path, vm: &Vm, pod_netns: &Path, iface: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(pod_netns).map(|m| m.ino()).unwrap_or(0);
+    virtlink_xdp::bpffs::pod_dir(
+        bpffs_root,
+        &format!("{}_{}_{}_{ino:x}", vm.namespace, vm.name, iface),
+    )
+}
+
+/// The pin directories of `vm`'s interfaces under `bpffs_root` (for
+/// `virtlink stats`): `(directory name, path)`.
+pub fn pin_dirs(bpffs_root: &Path, namespace: &str, vm: &str) -> Vec<(String, PathBuf)> {
+    let prefix = virtlink_xdp::bpffs::pod_dir(bpffs_root, &format!("{namespace}_{vm}_"));
+    let (Some(parent), Some(prefix)) = (prefix.parent(), prefix.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = prefix.to_string_lossy().into_owned();
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix).then(|| (name, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The guest tap of the VM interface at `index`.
@@ -228,6 +273,7 @@ pub fn bind(
         netns: pod_netns.to_path_buf(),
         interfaces: Vec::new(),
         servers: Vec::new(),
+        bpffs_root: opts.bpffs_root.clone(),
     };
     let resolv = if opts.dhcp && plan.iter().any(|p| p.binding != BindingKind::Sriov) {
         dhcp::Resolv::read(&opts.resolv_conf).unwrap_or_else(|e| {
@@ -247,7 +293,7 @@ pub fn bind(
                 for s in binding.servers.drain(..) {
                     s.stop();
                 }
-                if let Err(undo) = unbind(vm, pod_netns, network_status) {
+                if let Err(undo) = unbind_with(vm, pod_netns, network_status, &opts.bpffs_root) {
                     tracing::warn!(error = %undo, "rollback after a failed bind");
                 }
                 return Err(e);
@@ -392,9 +438,21 @@ fn bind_one(
             };
             let table = masquerade::table_name(&p.name);
             let name = p.name.clone();
+            let ebpf = match opts.datapath {
+                masquerade::Datapath::Nftables => None,
+                masquerade::Datapath::Ebpf => {
+                    virtlink_xdp::bpffs::ensure_mounted(&opts.bpffs_root)
+                        .map_err(step(&p.name, "mount bpffs"))?;
+                    Some(EbpfMasquerade {
+                        pin_dir: pin_dir(&opts.bpffs_root, vm, netns, &p.name),
+                        guest_mac: mac,
+                        istio: opts.istio,
+                    })
+                }
+            };
             let bound = netattach::netns::run_in(netns, move || {
                 masquerade_bind(
-                    &name, &pod_if, &tap2, owner, cfg, gw, guest, v6, table, forward,
+                    &name, &pod_if, &tap2, owner, cfg, gw, guest, v6, table, forward, ebpf,
                 )
             })??;
             let mtu = bound.mtu;
@@ -455,6 +513,13 @@ struct MasqueradeBound {
     tap: dhcpv6::Tap,
 }
 
+/// The eBPF datapath's settings for one masquerade interface.
+struct EbpfMasquerade {
+    pin_dir: PathBuf,
+    guest_mac: Mac,
+    istio: bool,
+}
+
 /// The masquerade binding's kernel work, inside the pod's namespace.
 #[allow(clippy::too_many_arguments)]
 fn masquerade_bind(
@@ -468,6 +533,7 @@ fn masquerade_bind(
     v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
     table: String,
     forward: masquerade::Forward,
+    ebpf: Option<EbpfMasquerade>,
 ) -> Result<MasqueradeBound> {
     let n = netlink::Netlink::new().map_err(step(iface, "open netlink"))?;
     let pod = n
@@ -519,6 +585,9 @@ fn masquerade_bind(
     }
     n.set_up(&t).map_err(step(iface, "set tap up"))?;
     masquerade::enable_forwarding(v6.is_some()).map_err(step(iface, "enable forwarding"))?;
+    // With eBPF in Istio mode the programs translate IPv4 after the stack
+    // (TC egress), so netfilter must not masquerade it first.
+    let istio_ebpf = ebpf.as_ref().is_some_and(|e| e.istio) && pod_v4.is_some();
     let rules = masquerade::Ruleset {
         table,
         pod_if: pod_if.to_string(),
@@ -527,9 +596,50 @@ fn masquerade_bind(
         pod_v6,
         guest_v4: guest,
         guest_v6: v6.map(|(_, g)| g),
-        forward,
+        forward: forward.clone(),
+        masquerade_v4: !istio_ebpf,
     };
     masquerade::load(&rules).map_err(step(iface, "load nftables ruleset"))?;
+    if let Some(e) = ebpf {
+        match pod_v4 {
+            Some(pod_ip) => {
+                let spec = virtlink_xdp::nat::NatSpec {
+                    pod_interface: pod_if.to_string(),
+                    guest_interface: tap_name.to_string(),
+                    pod_ip,
+                    guest_ip: guest,
+                    gateway_ip: gw,
+                    guest_mac: e.guest_mac.0,
+                    anti_spoof: true,
+                    forward: match forward {
+                        masquerade::Forward::All => virtlink_xdp::nat::Forward::All,
+                        masquerade::Forward::Ports(ports) => virtlink_xdp::nat::Forward::Ports(
+                            ports
+                                .into_iter()
+                                .map(|(proto, port)| match proto {
+                                    spec::Protocol::Tcp => {
+                                        (virtlink_xdp::common::IPPROTO_TCP, port)
+                                    }
+                                    spec::Protocol::Udp => {
+                                        (virtlink_xdp::common::IPPROTO_UDP, port)
+                                    }
+                                })
+                                .collect(),
+                        ),
+                    },
+                    istio: e.istio,
+                    nat_ports: virtlink_xdp::nat::DEFAULT_NAT_PORTS,
+                    timeouts: virtlink_xdp::nat::Timeouts::default(),
+                    pin_dir: e.pin_dir,
+                };
+                virtlink_xdp::nat::attach(&spec).map_err(step(iface, "attach eBPF masquerade"))?;
+            }
+            None => tracing::warn!(
+                iface,
+                "no IPv4 on the pod interface: eBPF datapath not attached"
+            ),
+        }
+    }
     let tap_mac = t.mac.ok_or_else(|| Error::Step {
         iface: iface.to_string(),
         step: "read tap MAC",
@@ -549,8 +659,23 @@ fn masquerade_bind(
 /// Undoes the bindings of every VM interface in `pod_netns`, from the spec
 /// alone (so it works after a restart of the binder). Removing what is
 /// already gone is fine; the first real failure is returned after trying
-/// every interface.
+/// every interface. eBPF pins are looked for under the default bpffs root.
 pub fn unbind(vm: &Vm, pod_netns: &Path, network_status: &[NetworkStatus]) -> Result<()> {
+    unbind_with(
+        vm,
+        pod_netns,
+        network_status,
+        Path::new(virtlink_xdp::bpffs::DEFAULT_ROOT),
+    )
+}
+
+/// [`unbind`] with eBPF pins under `bpffs_root`.
+pub fn unbind_with(
+    vm: &Vm,
+    pod_netns: &Path,
+    network_status: &[NetworkStatus],
+    bpffs_root: &Path,
+) -> Result<()> {
     let plan = vm.plan(network_status)?;
     let mut first_err = None;
     for p in plan {
@@ -564,15 +689,20 @@ pub fn unbind(vm: &Vm, pod_netns: &Path, network_status: &[NetworkStatus]) -> Re
             })
             .map_err(Error::from)
             .and_then(|r| r.map_err(step(&name, "undo bridge binding"))),
-            BindingKind::Masquerade => netattach::netns::run_in(pod_netns, move || {
-                masquerade::unload(&masquerade::table_name(&name))
-                    .map_err(step(&name, "remove nftables table"))?;
-                netlink::Netlink::new()
-                    .and_then(|n| n.del_link(&tap))
-                    .map_err(step(&name, "delete tap"))
-            })
-            .map_err(Error::from)
-            .and_then(|r| r),
+            BindingKind::Masquerade => {
+                let pins = pin_dir(bpffs_root, vm, pod_netns, &name);
+                netattach::netns::run_in(pod_netns, move || {
+                    virtlink_xdp::nat::detach(&pins)
+                        .map_err(step(&name, "detach eBPF masquerade"))?;
+                    masquerade::unload(&masquerade::table_name(&name))
+                        .map_err(step(&name, "remove nftables table"))?;
+                    netlink::Netlink::new()
+                        .and_then(|n| n.del_link(&tap))
+                        .map_err(step(&name, "delete tap"))
+                })
+                .map_err(Error::from)
+                .and_then(|r| r)
+            }
         };
         if let Err(e) = r {
             tracing::warn!(iface = %p.name, error = %e, "unbind");

@@ -14,10 +14,32 @@ use serde::{Deserialize, Serialize};
 use crate::spec::Protocol;
 
 /// Ports Istio's sidecar (Envoy, pilot-agent) listens on in the pod; they
-/// are never forwarded to the guest.
-pub const ISTIO_PORTS: [u16; 10] = [
-    15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090,
-];
+/// are never forwarded to the guest (by nftables or eBPF).
+pub const ISTIO_PORTS: [u16; 10] = virtlink_xdp::common::ENVOY_PORTS;
+
+/// Who translates the guest's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    /// An nftables table in the pod namespace (netfilter NAT, conntrack).
+    Nftables,
+    /// virtlink's eBPF programs (xdp/, docs/xdp.md) for IPv4; the nftables
+    /// table stays for IPv6 and for the IPv4 packets the programs pass on
+    /// (fragments, ICMP errors).
+    #[default]
+    Ebpf,
+}
+
+impl std::str::FromStr for Datapath {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "nftables" => Ok(Datapath::Nftables),
+            "ebpf" => Ok(Datapath::Ebpf),
+            other => Err(format!("unknown datapath {other:?} (ebpf, nftables)")),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -105,6 +127,9 @@ pub struct Ruleset {
     pub guest_v4: Ipv4Addr,
     pub guest_v6: Option<Ipv6Addr>,
     pub forward: Forward,
+    /// Masquerade the guest's IPv4 traffic (off when eBPF translates it after
+    /// the stack, in Istio mode).
+    pub masquerade_v4: bool,
 }
 
 /// `virtlink-<iface>`, with characters nft identifiers do not allow replaced.
@@ -171,10 +196,13 @@ impl Ruleset {
                 }
             }
         }
-        let mut snat = vec![format!(
-            "iifname \"{}\" oifname \"{}\" ip saddr {} masquerade",
-            self.tap, self.pod_if, self.guest_v4
-        )];
+        let mut snat = Vec::new();
+        if self.masquerade_v4 {
+            snat.push(format!(
+                "iifname \"{}\" oifname \"{}\" ip saddr {} masquerade",
+                self.tap, self.pod_if, self.guest_v4
+            ));
+        }
         if let Some(g) = self.guest_v6 {
             snat.push(format!(
                 "iifname \"{}\" oifname \"{}\" ip6 saddr {g} masquerade",
@@ -285,6 +313,7 @@ mod tests {
             guest_v4: Ipv4Addr::new(10, 0, 2, 2),
             guest_v6: None,
             forward,
+            masquerade_v4: true,
         }
     }
 
@@ -371,5 +400,17 @@ mod tests {
         );
         assert!(s.contains("dnat ip6 to [fd10:0:2::2]"), "{s}");
         assert!(s.contains("ip6 saddr fd10:0:2::2 masquerade"), "{s}");
+        r.masquerade_v4 = false;
+        let s = r.script();
+        assert!(!s.contains("ip saddr"), "{s}");
+        assert!(s.contains("ip6 saddr fd10:0:2::2 masquerade"), "{s}");
+    }
+
+    #[test]
+    fn datapath_names() {
+        assert_eq!("ebpf".parse::<Datapath>(), Ok(Datapath::Ebpf));
+        assert_eq!("nftables".parse::<Datapath>(), Ok(Datapath::Nftables));
+        assert!("xdp".parse::<Datapath>().is_err());
+        assert_eq!(Datapath::default(), Datapath::Ebpf);
     }
 }

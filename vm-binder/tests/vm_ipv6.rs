@@ -27,6 +27,7 @@ fn guest_gets_ipv6_by_ra_and_dhcpv6_and_traffic_flows() -> Result<()> {
         "vbv6",
         "nameserver 10.96.0.10\nnameserver fd00::10\nsearch test.svc.cluster.local\n",
         &["virtlink.dhcp6=1"],
+        |_| {},
     )?;
     assert_eq!(
         binding.interfaces[0].ip6.map(|n| n.to_string()).as_deref(),

@@ -188,6 +188,7 @@ impl Topology {
                         guest_v4: GUEST_IP.parse()?,
                         guest_v6: None,
                         forward: vm_binder::masquerade::Forward::All,
+                        masquerade_v4: true,
                     };
                     let netns = PathBuf::from("/run/netns").join(&p);
                     netattach::netns::run_in(&netns, move || vm_binder::masquerade::load(&rules))?

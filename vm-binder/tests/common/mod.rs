@@ -314,17 +314,19 @@ pub fn bind_and_boot(
     vm_tests::Vm,
     tempfile::TempDir,
 )> {
-    bind_and_boot_with(pod, vm_json, name_prefix, "nameserver 10.96.0.10\n", &[])
+    bind_and_boot_with(pod, vm_json, name_prefix, "nameserver 10.96.0.10\n", &[], |_| {})
 }
 
-/// [`bind_and_boot`] with the pod's resolv.conf text and extra guest
-/// kernel command-line words (such as `virtlink.dhcp6=1`).
+/// [`bind_and_boot`] with the pod's resolv.conf text, extra guest kernel
+/// command-line words (such as `virtlink.dhcp6=1`) and options changed by
+/// `tweak`.
 pub fn bind_and_boot_with(
     pod: &Pod,
     vm_json: &str,
     name_prefix: &str,
     resolv_conf: &str,
     cmdline: &[&str],
+    tweak: impl FnOnce(&mut vm_binder::BindOptions),
 ) -> Result<(
     vm_binder::Vm,
     vm_binder::Binding,
@@ -335,10 +337,11 @@ pub fn bind_and_boot_with(
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, resolv_conf)?;
     let vm = vm_binder::Vm::parse(vm_json)?;
-    let opts = vm_binder::BindOptions {
+    let mut opts = vm_binder::BindOptions {
         resolv_conf: resolv,
         ..Default::default()
     };
+    tweak(&mut opts);
     let binding = vm_binder::bind(&vm, &pod.pod.path, &[], &opts)?;
     let mut spec = vm_tests::VmSpec::new(unique(name_prefix))
         .netns(&pod.pod.path)

@@ -1,0 +1,477 @@
+//! The eBPF masquerade NAT in the real kernel: a peer ("the world"), a pod
+//! namespace that does not forward (ip_forward=0, so only the programs can
+//! carry the guest's traffic) and a guest namespace behind a veth playing
+//! the tap.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{Topology, GUEST_IP, PEER_IP};
+use virtlink_xdp::common::{Counter, IPPROTO_TCP};
+use virtlink_xdp::nat::{Forward, DEFAULT_NAT_PORTS};
+
+const T: Duration = Duration::from_secs(3);
+
+fn nat_port(p: u16) -> bool {
+    (DEFAULT_NAT_PORTS.0..=DEFAULT_NAT_PORTS.1).contains(&p)
+}
+
+/// A TCP listener in `ns` on `addr`.
+fn listen(ns: &common::Ns, addr: &str) -> Result<TcpListener> {
+    let addr: SocketAddr = addr.parse()?;
+    let l = ns.run(move || TcpListener::bind(addr))??;
+    Ok(l)
+}
+
+/// Connects from `ns` (optionally from a fixed source port).
+fn connect(ns: &common::Ns, dst: &str, src_port: Option<u16>) -> Result<TcpStream> {
+    let dst: SocketAddr = dst.parse()?;
+    let s = ns.run(move || -> std::io::Result<TcpStream> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        if let Some(p) = src_port {
+            let src: SocketAddr = SocketAddr::from(([0, 0, 0, 0], p));
+            sock.bind(&src.into())?;
+        }
+        sock.connect_timeout(&dst.into(), T)?;
+        Ok(sock.into())
+    })??;
+    s.set_read_timeout(Some(T))?;
+    Ok(s)
+}
+
+/// Accepts one connection (with a timeout), returns it and the peer address.
+fn accept(l: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
+    l.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        match l.accept() {
+            Ok((s, a)) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(T))?;
+                return Ok((s, a));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("no connection within {T:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends `msg` one way and reads it on the other side.
+fn exchange(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    a.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    b.read_exact(&mut buf).context("read")?;
+    anyhow::ensure!(buf == msg, "got {buf:?}");
+    Ok(())
+}
+
+fn udp(ns: &common::Ns, bind: &str) -> Result<UdpSocket> {
+    let addr: SocketAddr = bind.parse()?;
+    let s = ns.run(move || UdpSocket::bind(addr))??;
+    s.set_read_timeout(Some(T))?;
+    Ok(s)
+}
+
+#[test]
+fn tcp_udp_icmp_are_translated() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    // Without the NAT the pod does not forward: the guest reaches nothing.
+    assert!(!p.guest.ping(PEER_IP, &[]), "pod forwards without NAT");
+    t.attach(0, t.spec(0, Forward::All))?;
+
+    // TCP, both ways, with a large transfer (checksums of full segments).
+    let l = listen(&t.peer, &format!("{PEER_IP}:7000"))?;
+    let mut c = connect(&p.guest, &format!("{PEER_IP}:7000"), None)?;
+    let (mut s, from) = accept(&l)?;
+    assert_eq!(from.ip().to_string(), p.pod_ip, "source is the pod IP");
+    assert!(
+        nat_port(from.port()),
+        "source port {} from the NAT range",
+        from.port()
+    );
+    exchange(&mut c, &mut s, b"hello world")?;
+    exchange(&mut s, &mut c, b"hello guest")?;
+    let big = vec![0x5au8; 4 << 20];
+    let writer = {
+        let mut c2 = c.try_clone()?;
+        let big = big.clone();
+        std::thread::spawn(move || c2.write_all(&big))
+    };
+    let mut got = vec![0u8; big.len()];
+    s.read_exact(&mut got)?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    assert!(got == big, "bulk data corrupted");
+
+    // UDP both ways.
+    let server = udp(&t.peer, &format!("{PEER_IP}:7001"))?;
+    let client = udp(&p.guest, "0.0.0.0:0")?;
+    client.send_to(b"ping", format!("{PEER_IP}:7001"))?;
+    let mut buf = [0u8; 16];
+    let (n, from) = server.recv_from(&mut buf)?;
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(from.ip().to_string(), p.pod_ip);
+    assert!(nat_port(from.port()));
+    server.send_to(b"pong", from)?;
+    let (n, back) = client.recv_from(&mut buf)?;
+    assert_eq!(&buf[..n], b"pong");
+    assert_eq!(back.to_string(), format!("{PEER_IP}:7001"));
+
+    // ICMP echo.
+    assert!(p.guest.ping(PEER_IP, &[]), "ping through the NAT");
+
+    // The pod's own traffic is untouched.
+    assert!(p.pod.ping(PEER_IP, &[]));
+    let l2 = listen(&t.peer, &format!("{PEER_IP}:7002"))?;
+    let _own = connect(&p.pod, &format!("{PEER_IP}:7002"), None)?;
+    let (_s2, own_from) = accept(&l2)?;
+    assert!(
+        !nat_port(own_from.port()),
+        "pod socket got NAT port {own_from}"
+    );
+
+    let pinned = t.pinned(0)?;
+    assert!(pinned.counter(Counter::OutPackets)? > 10);
+    assert!(pinned.counter(Counter::InPackets)? > 10);
+    assert_eq!(pinned.counter(Counter::DropError)?, 0);
+    let ct = pinned.conntrack()?;
+    // TCP, UDP, ICMP: two entries each.
+    assert!(ct.len() >= 6, "{ct:?}");
+    assert!(ct.iter().any(|e| e.is_outbound()
+        && e.key.proto == IPPROTO_TCP
+        && e.translated().1 == from_port(&ct)));
+    Ok(())
+}
+
+/// Any outbound TCP entry's translated port (for a self-consistency check).
+fn from_port(ct: &[virtlink_xdp::nat::Conn]) -> u16 {
+    ct.iter()
+        .find(|e| e.is_outbound() && e.key.proto == IPPROTO_TCP)
+        .map(|e| e.translated().1)
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_guests_same_source_port() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(2)?;
+    t.attach(0, t.spec(0, Forward::All))?;
+    t.attach(1, t.spec(1, Forward::All))?;
+    let l = listen(&t.peer, &format!("{PEER_IP}:7100"))?;
+    // Both guests are 10.0.2.2 and use source port 40000; a third flow from
+    // the first guest reuses the source port towards another server port.
+    let mut a = connect(&t.pods[0].guest, &format!("{PEER_IP}:7100"), Some(40000))?;
+    let (mut sa, fa) = accept(&l)?;
+    let mut b = connect(&t.pods[1].guest, &format!("{PEER_IP}:7100"), Some(40000))?;
+    let (mut sb, fb) = accept(&l)?;
+    let l2 = listen(&t.peer, &format!("{PEER_IP}:7101"))?;
+    let mut a2 = connect(&t.pods[0].guest, &format!("{PEER_IP}:7101"), Some(40000))?;
+    let (mut sa2, fa2) = accept(&l2)?;
+    assert_eq!(fa.ip().to_string(), t.pods[0].pod_ip);
+    assert_eq!(fb.ip().to_string(), t.pods[1].pod_ip);
+    assert_eq!(fa2.ip().to_string(), t.pods[0].pod_ip);
+    exchange(&mut sa, &mut a, b"to a")?;
+    exchange(&mut sb, &mut b, b"to b")?;
+    exchange(&mut sa2, &mut a2, b"to a2")?;
+    exchange(&mut a, &mut sa, b"from a")?;
+    exchange(&mut b, &mut sb, b"from b")?;
+    exchange(&mut a2, &mut sa2, b"from a2")?;
+    Ok(())
+}
+
+#[test]
+fn conntrack_entries_expire() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    let mut spec = t.spec(0, Forward::Ports(vec![]));
+    spec.timeouts.udp = 1;
+    t.attach(0, spec)?;
+    let server = udp(&t.peer, &format!("{PEER_IP}:7200"))?;
+    let client = udp(&p.guest, "0.0.0.0:0")?;
+    client.send_to(b"one", format!("{PEER_IP}:7200"))?;
+    let mut buf = [0u8; 16];
+    let (_, from) = server.recv_from(&mut buf)?;
+    // A reply in time gets through.
+    server.send_to(b"reply", from)?;
+    let (n, _) = client.recv_from(&mut buf)?;
+    assert_eq!(&buf[..n], b"reply");
+    let pinned = t.pinned(0)?;
+    assert_eq!(pinned.conntrack()?.len(), 2);
+
+    std::thread::sleep(Duration::from_millis(2500));
+    // After the timeout, the mapping is gone: a late reply does not reach the
+    // guest (the pod's stack gets it and has no such socket).
+    server.send_to(b"late", from)?;
+    client.set_read_timeout(Some(Duration::from_millis(700)))?;
+    assert!(
+        client.recv_from(&mut buf).is_err(),
+        "late reply got through"
+    );
+    assert!(pinned.counter(Counter::CtExpired)? >= 1);
+    assert_eq!(pinned.gc()?, 2, "both directions expired");
+    assert!(pinned.conntrack()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn inbound_forwarded_ports_never_envoy() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    t.attach(
+        0,
+        t.spec(
+            0,
+            Forward::Ports(vec![(IPPROTO_TCP, 8080), (IPPROTO_TCP, 15006)]),
+        ),
+    )?;
+    let pod = &p.pod_ip;
+    let l8080 = listen(&p.guest, &format!("{GUEST_IP}:8080"))?;
+    let _l15006 = listen(&p.guest, &format!("{GUEST_IP}:15006"))?;
+    let _l9090 = listen(&p.guest, &format!("{GUEST_IP}:9090"))?;
+
+    let mut c = connect(&t.peer, &format!("{pod}:8080"), None)?;
+    let (mut s, from) = accept(&l8080)?;
+    assert_eq!(from.ip().to_string(), PEER_IP, "the guest sees the client");
+    exchange(&mut c, &mut s, b"in")?;
+    exchange(&mut s, &mut c, b"out")?;
+    // Envoy's port and an unlisted one stay with the pod (nothing listens
+    // there: refused).
+    assert!(connect(&t.peer, &format!("{pod}:15006"), None).is_err());
+    assert!(connect(&t.peer, &format!("{pod}:9090"), None).is_err());
+
+    // All ports: 9090 now reaches the guest, 15006 still does not.
+    t.attach(0, t.spec(0, Forward::All))?;
+    let mut c = connect(&t.peer, &format!("{pod}:9090"), None)?;
+    let (mut s, _) = accept(&_l9090)?;
+    exchange(&mut c, &mut s, b"all")?;
+    assert!(connect(&t.peer, &format!("{pod}:15006"), None).is_err());
+    Ok(())
+}
+
+#[test]
+fn reattach_keeps_open_connection() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    let first = t.attach(0, t.spec(0, Forward::All))?;
+    assert!(first.replaced.is_empty());
+    let l = listen(&t.peer, &format!("{PEER_IP}:7300"))?;
+    let mut c = connect(&p.guest, &format!("{PEER_IP}:7300"), None)?;
+    let (mut s, _) = accept(&l)?;
+    exchange(&mut c, &mut s, b"before")?;
+    let ids_before = tcx_ids(p)?;
+    // A new loader (the first one's descriptors are long closed) attaches
+    // again: it reuses the pinned maps and swaps the programs in place.
+    let again = t.attach(0, t.spec(0, Forward::All))?;
+    assert_eq!(again.replaced.len(), 2, "{again:?}");
+    let ids_after = tcx_ids(p)?;
+    assert_eq!(ids_before.len(), ids_after.len());
+    assert_ne!(ids_before, ids_after, "programs were replaced");
+    exchange(&mut c, &mut s, b"after")?;
+    exchange(&mut s, &mut c, b"back")?;
+    Ok(())
+}
+
+/// Program ids attached with tcx on the pod's eth0 and tap0 ingress.
+fn tcx_ids(p: &common::PodNs) -> Result<Vec<u32>> {
+    p.pod.run(|| -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for iface in ["eth0", "tap0"] {
+            for at in [
+                aya::programs::TcAttachType::Ingress,
+                aya::programs::TcAttachType::Egress,
+            ] {
+                let (_, progs) = aya::programs::SchedClassifier::query_tcx(iface, at)?;
+                for prog in progs {
+                    ids.push(prog.id());
+                }
+            }
+        }
+        Ok(ids)
+    })?
+}
+
+#[test]
+fn detach_leaves_no_program_pin_or_map() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    t.attach(0, t.spec(0, Forward::All))?;
+    assert!(p.guest.ping(PEER_IP, &[]));
+    assert_eq!(tcx_ids(p)?.len(), 2);
+    let mut map_ids = Vec::new();
+    for entry in std::fs::read_dir(&p.pin_dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        {
+            continue;
+        }
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&path) {
+            map_ids.push(info.id());
+        }
+    }
+    assert_eq!(map_ids.len(), 4, "pinned maps");
+    p.pod.run({
+        let dir = p.pin_dir.clone();
+        move || virtlink_xdp::nat::detach(&dir)
+    })??;
+    assert!(
+        !p.pin_dir.exists(),
+        "pin dir left: {:?}",
+        std::fs::read_dir(&p.pin_dir).map(|d| d
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect::<Vec<_>>())
+    );
+    assert!(tcx_ids(p)?.is_empty(), "programs left attached");
+    // Maps go once the last reference does (freed asynchronously).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive: Vec<u32> = aya::maps::loaded_maps()
+            .filter_map(|m| m.ok())
+            .map(|m| m.id())
+            .filter(|id| map_ids.contains(id))
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "maps left: {alive:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!p.guest.ping(PEER_IP, &[]), "guest still reaches out");
+    // Detaching twice is fine.
+    virtlink_xdp::nat::detach(&p.pin_dir)?;
+    Ok(())
+}
+
+#[test]
+fn spoofed_mac_and_ip_are_dropped_and_counted() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    t.attach(0, t.spec(0, Forward::All))?;
+    assert!(p.guest.ping(PEER_IP, &[]));
+    let pinned = t.pinned(0)?;
+    // A second address on the guest: traffic from it is dropped.
+    p.guest
+        .ip(&["addr", "add", "10.0.2.99/24", "dev", "eth0"])?;
+    assert!(!p.guest.ping(PEER_IP, &["-I", "10.0.2.99"]));
+    assert!(pinned.counter(Counter::DropSpoofIp)? >= 1);
+    // Another MAC: everything is dropped, even towards the gateway.
+    p.guest
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:66"])?;
+    assert!(!p.guest.ping(PEER_IP, &[]));
+    assert!(pinned.counter(Counter::DropSpoofMac)? >= 1);
+    Ok(())
+}
+
+/// Waits for an error on a connected UDP socket (an ICMP error arrived).
+fn refused(sock: &UdpSocket) -> bool {
+    let mut buf = [0u8; 16];
+    match sock.recv(&mut buf) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    t.attach(0, t.spec(0, Forward::All))?;
+    // The world answers the guest's UDP to a closed port with "port
+    // unreachable" to the pod IP and NAT port; the guest's socket must see it.
+    let guest_sock = udp(&p.guest, "0.0.0.0:0")?;
+    guest_sock.connect(format!("{PEER_IP}:7999"))?;
+    guest_sock.send(b"anyone?")?;
+    assert!(refused(&guest_sock), "the guest did not get the ICMP error");
+    // The guest answers UDP to a forwarded port it does not listen on; the
+    // client in the world must see the error.
+    let client = udp(&t.peer, &format!("{PEER_IP}:0"))?;
+    client.connect(format!("{}:8999", p.pod_ip))?;
+    client.send(b"hello guest")?;
+    assert!(
+        refused(&client),
+        "the client did not get the guest's ICMP error"
+    );
+    Ok(())
+}
+
+#[test]
+fn istio_mode_goes_through_the_pods_stack() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    // Istio mode routes the guest's packets through the pod's stack.
+    p.pod.sysctl("net.ipv4.ip_forward", "1")?;
+    let mut spec = t.spec(0, Forward::All);
+    spec.istio = true;
+    t.attach(0, spec)?;
+    assert_eq!(
+        tcx_ids(p)?.len(),
+        3,
+        "guest_ingress, pod_ingress, pod_egress"
+    );
+    // A netfilter rule in the pod (as a sidecar's would be) sees the
+    // guest's own addresses and applies.
+    p.pod.exec(
+        "nft",
+        &["add table inet sidecar; \
+             add chain inet sidecar outbound { type filter hook forward priority 0; }; \
+             add rule inet sidecar outbound ip saddr 10.0.2.2 tcp dport 7401 counter drop"],
+    )?;
+    let l = listen(&t.peer, &format!("{PEER_IP}:7400"))?;
+    let mut c = connect(&p.guest, &format!("{PEER_IP}:7400"), None)?;
+    let (mut s, from) = accept(&l)?;
+    assert_eq!(from.ip().to_string(), p.pod_ip);
+    assert!(nat_port(from.port()), "translated after the stack: {from}");
+    exchange(&mut c, &mut s, b"via the stack")?;
+    exchange(&mut s, &mut c, b"and back")?;
+    let _l2 = listen(&t.peer, &format!("{PEER_IP}:7401"))?;
+    assert!(
+        connect(&p.guest, &format!("{PEER_IP}:7401"), None).is_err(),
+        "the pod's forward rule did not apply"
+    );
+    let rules = p.pod.exec("nft", &["list", "table", "inet", "sidecar"])?;
+    assert!(!rules.contains("packets 0 "), "{rules}");
+    // New inbound connections are left to the pod's stack (the sidecar).
+    let _g = listen(&p.guest, &format!("{GUEST_IP}:8080"))?;
+    assert!(connect(&t.peer, &format!("{}:8080", p.pod_ip), None).is_err());
+    Ok(())
+}
