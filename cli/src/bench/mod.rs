@@ -47,8 +47,9 @@ pub enum Bench {
         seconds: u32,
     },
     /// The masquerade datapaths between namespaces (no guest CPU in the
-    /// way): bare veth pair, plain routing and nftables masquerade through a
-    /// pod namespace; TCP with tx off, 64-byte UDP packets/s, RTT, conn/s.
+    /// way): bare veth pair; plain routing, nftables masquerade, untranslated
+    /// redirect_peer and the eBPF masquerade through a pod namespace; TCP
+    /// with tx off, 64-byte UDP packets/s, RTT, conn/s.
     Datapath {
         /// Interleaved rounds over all paths.
         #[arg(long, default_value_t = 3)]
@@ -62,7 +63,12 @@ pub enum Bench {
 pub fn run(what: Bench) -> Result<()> {
     match what {
         Bench::Datapath { rounds, seconds } => datapath::run(
-            &[datapath::Path::Routed, datapath::Path::Nftables],
+            &[
+                datapath::Path::Routed,
+                datapath::Path::Nftables,
+                datapath::Path::Redirect,
+                datapath::Path::Ebpf,
+            ],
             rounds,
             seconds,
         ),

@@ -314,7 +314,14 @@ pub fn bind_and_boot(
     vm_tests::Vm,
     tempfile::TempDir,
 )> {
-    bind_and_boot_with(pod, vm_json, name_prefix, "nameserver 10.96.0.10\n", &[], |_| {})
+    bind_and_boot_with(
+        pod,
+        vm_json,
+        name_prefix,
+        "nameserver 10.96.0.10\n",
+        &[],
+        |_| {},
+    )
 }
 
 /// [`bind_and_boot`] with the pod's resolv.conf text, extra guest kernel
