@@ -438,7 +438,15 @@ fn bind_one(
             };
             let table = masquerade::table_name(&p.name);
             let name = p.name.clone();
-            let ebpf = match opts.datapath {
+            let datapath = match vm.annotations.get(spec::DATAPATH_ANNOTATION) {
+                Some(v) => v.parse().map_err(|reason: String| Error::Step {
+                    iface: p.name.clone(),
+                    step: "read the masquerade-datapath annotation",
+                    source: reason.into(),
+                })?,
+                None => opts.datapath,
+            };
+            let ebpf = match datapath {
                 masquerade::Datapath::Nftables => None,
                 masquerade::Datapath::Ebpf => {
                     virtlink_xdp::bpffs::ensure_mounted(&opts.bpffs_root)

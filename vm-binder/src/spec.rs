@@ -33,6 +33,8 @@ struct Metadata {
     name: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +181,15 @@ pub struct Vm {
     pub name: String,
     pub namespace: String,
     pub spec: VmiSpec,
+    /// The object's annotations, the template's overriding the VM's (e.g.
+    /// [`DATAPATH_ANNOTATION`]).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
+
+/// A VM annotation choosing the masquerade binding's datapath (`ebpf` or
+/// `nftables`) over `BindOptions::datapath`.
+pub const DATAPATH_ANNOTATION: &str = "virtlink.io/masquerade-datapath";
 
 /// One VM interface, resolved against the launcher pod.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +218,8 @@ impl Vm {
             Some(t) => (t.spec, t.metadata),
             None => (obj.spec.vmi, Metadata::default()),
         };
+        let mut annotations = obj.metadata.annotations;
+        annotations.extend(meta.annotations);
         if spec.domain.is_none() {
             return Err(Error::NoDomain);
         }
@@ -221,6 +233,7 @@ impl Vm {
                 .or(obj.metadata.namespace)
                 .unwrap_or_else(|| "default".to_string()),
             spec,
+            annotations,
         })
     }
 
@@ -391,6 +404,21 @@ spec:
           containerDisk:
             image: quay.io/kubevirt/cirros-container-disk-demo
 "#;
+
+    #[test]
+    fn annotations_template_over_vm() {
+        let vm = Vm::parse(
+            r#"{"metadata":{"name":"a","annotations":{"virtlink.io/masquerade-datapath":"ebpf","x":"1"}},
+                "spec":{"template":{"metadata":{"annotations":{"virtlink.io/masquerade-datapath":"nftables"}},
+                  "spec":{"domain":{"devices":{"interfaces":[]}}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            vm.annotations.get(DATAPATH_ANNOTATION).map(String::as_str),
+            Some("nftables")
+        );
+        assert_eq!(vm.annotations.get("x").map(String::as_str), Some("1"));
+    }
 
     #[test]
     fn parses_virtual_machine_and_maps_interfaces() {

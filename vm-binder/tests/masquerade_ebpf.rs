@@ -169,3 +169,44 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
     assert!(left.is_empty(), "programs left on eth0: {left:?}");
     Ok(())
 }
+
+#[test]
+fn annotation_chooses_the_datapath() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let pod = Pod::new()?;
+    let bpffs = Bpffs::new()?;
+    let opts = BindOptions {
+        datapath: Datapath::Ebpf,
+        bpffs_root: bpffs.0.path().to_path_buf(),
+        dhcp: false,
+        ..Default::default()
+    };
+    let vm = Vm::parse(
+        r#"{"metadata":{"name":"annot","namespace":"test",
+              "annotations":{"virtlink.io/masquerade-datapath":"nftables"}},
+            "spec":{"domain":{"devices":{"interfaces":[{"name":"default","masquerade":{}}]}},
+                    "networks":[{"name":"default","pod":{}}]}}"#,
+    )?;
+    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
+    assert!(
+        vm_binder::pin_dirs(bpffs.0.path(), "test", "annot").is_empty(),
+        "nftables chosen, but eBPF pins exist"
+    );
+    let table = pod
+        .pod
+        .exec("nft", &["list", "table", "inet", "virtlink-default"])?;
+    assert!(table.contains("ip saddr 10.0.2.2 masquerade"), "{table}");
+    binding.unbind(&vm, &[])?;
+
+    let bad = Vm::parse(
+        r#"{"metadata":{"name":"annot","namespace":"test",
+              "annotations":{"virtlink.io/masquerade-datapath":"xdp"}},
+            "spec":{"domain":{"devices":{"interfaces":[{"name":"default","masquerade":{}}]}},
+                    "networks":[{"name":"default","pod":{}}]}}"#,
+    )?;
+    let err = bind(&bad, &pod.pod.path, &[], &opts).expect_err("unknown datapath accepted");
+    assert!(format!("{err:#}").contains("annotation"), "{err:#}");
+    Ok(())
+}
