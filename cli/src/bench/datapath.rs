@@ -175,8 +175,14 @@ impl Topology {
             self.pod = Some(p.clone());
             veth(&g, "g0", &p, "tap0")?;
             veth(&p, "eth0", &w, "eth0")?;
-            ip(&g, &["addr", "add", &format!("{GUEST_IP}/24"), "dev", "g0"])?;
-            ip(&g, &["route", "add", "default", "via", GATEWAY_IP])?;
+            if self.path == Path::Redirect {
+                // A wire through the pod namespace: the guest and the peer
+                // share a subnet (frames keep their MACs, ARP passes).
+                ip(&g, &["addr", "add", &format!("{BARE_IP}/24"), "dev", "g0"])?;
+            } else {
+                ip(&g, &["addr", "add", &format!("{GUEST_IP}/24"), "dev", "g0"])?;
+                ip(&g, &["route", "add", "default", "via", GATEWAY_IP])?;
+            }
             ip(
                 &p,
                 &["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "tap0"],
@@ -210,7 +216,7 @@ impl Topology {
                         .context("load the masquerade ruleset")?;
                 }
                 Path::Redirect => {
-                    ip(&w, &["route", "add", "10.0.2.0/24", "via", POD_IP])?;
+                    sh(&p, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
                     let netns = PathBuf::from("/run/netns").join(&p);
                     let r = netattach::netns::run_in(&netns, || {
                         virtlink_xdp::redirect::attach_redirect_peer(&[
