@@ -199,6 +199,8 @@ pub const DIR_IN: u8 = 1;
 pub const TCP_SYN: u8 = 0;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSING: u8 = 2;
+/// A reset was seen: the connection is over in both directions.
+pub const TCP_CLOSED: u8 = 3;
 
 /// One direction of a translated connection.
 #[repr(C)]

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use virtlink_xdp_common::{
     Counter, CtEntry, FlowKey, L2Entry, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_IN,
     DIR_OUT, FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORTS_MAX, PORT_DENY, PORT_FORWARD, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_SYN,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORTS_MAX, PORT_DENY, PORT_FORWARD, TCP_CLOSED,
+    TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN,
 };
 
 use crate::packet::{
@@ -72,7 +72,7 @@ fn timeout_ns(cfg: &NatConfig, proto: u8, state: u8) -> u64 {
     let s = match proto {
         IPPROTO_TCP => match state {
             TCP_ESTABLISHED => cfg.timeout_tcp_established,
-            TCP_CLOSING => cfg.timeout_tcp_closing,
+            TCP_CLOSING | TCP_CLOSED => cfg.timeout_tcp_closing,
             _ => cfg.timeout_tcp_syn,
         },
         IPPROTO_UDP => cfg.timeout_udp,
@@ -89,7 +89,9 @@ fn expired(cfg: &NatConfig, proto: u8, e: &CtEntry, now: u64) -> bool {
 /// The TCP state after a packet with `flags`.
 #[inline(always)]
 fn tcp_next(state: u8, flags: u8) -> u8 {
-    if flags & (TCP_RST | TCP_FIN) != 0 {
+    if flags & TCP_RST != 0 || (state == TCP_CLOSED && flags & packet::TCP_SYN == 0) {
+        TCP_CLOSED
+    } else if flags & TCP_FIN != 0 {
         TCP_CLOSING
     } else if flags & packet::TCP_SYN != 0 && flags & TCP_ACK == 0 {
         TCP_SYN
@@ -141,6 +143,20 @@ fn initial_state(p: &Ipv4Packet) -> u8 {
     }
 }
 
+/// Is the TCP connection whose world-side entry is `world` over in both
+/// directions (a reset, or a FIN each way)?
+#[inline(always)]
+fn closed(world: &CtEntry, guest_side: &FlowKey) -> bool {
+    if world.state == TCP_CLOSED {
+        return true;
+    }
+    // SAFETY: a read of an entry from a successful lookup, copied at once.
+    match unsafe { CONNTRACK.get(guest_side) }.copied() {
+        Some(g) => g.state == TCP_CLOSED || (world.state == TCP_CLOSING && g.state == TCP_CLOSING),
+        None => world.state == TCP_CLOSING,
+    }
+}
+
 /// Creates both directions of a new guest connection with a free NAT port
 /// from the configured range; returns the (raw) port.
 #[inline(always)]
@@ -158,15 +174,26 @@ fn allocate(cfg: &NatConfig, key: &FlowKey, p: &Ipv4Packet, now: u64) -> Option<
         _pad: 0,
         last_seen_ns: now,
     };
+    let syn =
+        p.proto == IPPROTO_TCP && p.tcp_flags & packet::TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i) % span) as u16).to_be();
         let reply = key.reply(DIR_OUT, [cfg.pod_ip, 0, 0, 0], port);
         let mut flags = BPF_NOEXIST as u64;
         if let Some(old) = CONNTRACK.get_ptr(&reply) {
-            // SAFETY: a pointer from a successful lookup, read once.
-            let old = unsafe { &*old };
-            if !expired(cfg, p.proto, old, now) {
-                continue;
+            // SAFETY: a pointer from a successful lookup, copied at once.
+            let old = unsafe { *old };
+            if !expired(cfg, p.proto, &old, now) {
+                // A connection to the same remote endpoint that is over in
+                // both directions gives its port to a new SYN, as the
+                // kernel's conntrack reopens TIME_WAIT: without this, short
+                // connections to one server would exhaust the range in
+                // under a second and stall for the closing timeout.
+                let guest_side = reply.reply(DIR_IN, old.addr, old.port);
+                if !(syn && closed(&old, &guest_side)) {
+                    continue;
+                }
+                let _ = CONNTRACK.remove(&guest_side);
             }
             flags = BPF_ANY as u64;
         }

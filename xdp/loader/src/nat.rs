@@ -16,7 +16,8 @@ use virtlink_xdp_common::{
     Counter, CtEntry, FlowKey, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_OUT, ENVOY_PORTS,
     FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER, IPPROTO_TCP,
     IPPROTO_UDP, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS, PORT_DENY, PORT_FORWARD,
-    PROG_GUEST_INGRESS, PROG_POD_EGRESS, PROG_POD_INGRESS, TCP_CLOSING, TCP_ESTABLISHED,
+    PROG_GUEST_INGRESS, PROG_POD_EGRESS, PROG_POD_INGRESS, TCP_CLOSED, TCP_CLOSING,
+    TCP_ESTABLISHED,
 };
 
 use crate::{attach as attach_prog, bpffs, classifier, ifindex, load, map_err, Error, Result};
@@ -483,7 +484,7 @@ pub const MAX_CONNECTIONS: u32 = CONNTRACK_MAX / 2;
 fn timeout_ns(cfg: &NatConfig, proto: u8, state: u8) -> u64 {
     let s = match (proto, state) {
         (IPPROTO_TCP, TCP_ESTABLISHED) => cfg.timeout_tcp_established,
-        (IPPROTO_TCP, TCP_CLOSING) => cfg.timeout_tcp_closing,
+        (IPPROTO_TCP, TCP_CLOSING | TCP_CLOSED) => cfg.timeout_tcp_closing,
         (IPPROTO_TCP, _) => cfg.timeout_tcp_syn,
         (IPPROTO_UDP, _) => cfg.timeout_udp,
         _ => cfg.timeout_icmp,

@@ -475,3 +475,61 @@ fn istio_mode_goes_through_the_pods_stack() -> Result<()> {
     assert!(connect(&t.peer, &format!("{}:8080", p.pod_ip), None).is_err());
     Ok(())
 }
+
+/// Short connections to one server: a NAT port whose connection is over in
+/// both directions is taken by the next SYN, so a range of 4 ports carries
+/// 40 connections in a row without a stall (before, the fifth SYN was
+/// dropped for the closing timeout: `drop_no_port`).
+#[test]
+fn closed_connections_give_their_port_to_new_ones() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    let mut spec = t.spec(0, Forward::Ports(vec![]));
+    spec.nat_ports = (61000, 61003);
+    t.attach(0, spec)?;
+    let l = listen(&t.peer, &format!("{PEER_IP}:7300"))?;
+    let start = std::time::Instant::now();
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..40u32 {
+        let mut c = connect(&p.guest, &format!("{PEER_IP}:7300"), None)
+            .with_context(|| format!("connection {i}"))?;
+        let (mut s, from) = accept(&l).with_context(|| format!("accept {i}"))?;
+        ports.insert(from.port());
+        exchange(&mut c, &mut s, b"ping")?;
+        // The server closes first (it keeps TIME_WAIT), then the guest.
+        drop(s);
+        let mut buf = [0u8; 1];
+        assert_eq!(c.read(&mut buf)?, 0, "connection {i}: no FIN");
+        drop(c);
+        // Let the guest's FIN (and the last ACK) cross before the next SYN.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        ports.iter().all(|p| (61000..=61003).contains(p)),
+        "{ports:?}"
+    );
+    let pinned = t.pinned(0)?;
+    assert_eq!(pinned.counter(Counter::DropNoPort)?, 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "40 connections took {:?}: SYNs waited for a port",
+        start.elapsed()
+    );
+    // An open connection keeps its port: with all 4 ports open, a fifth
+    // connection gets none.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let c = connect(&p.guest, &format!("{PEER_IP}:7300"), None)?;
+        let (s, _) = accept(&l)?;
+        open.push((c, s));
+    }
+    assert!(
+        connect(&p.guest, &format!("{PEER_IP}:7300"), None).is_err(),
+        "a fifth connection took the port of an open one"
+    );
+    assert!(pinned.counter(Counter::DropNoPort)? > 0);
+    Ok(())
+}
