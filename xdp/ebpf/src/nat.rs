@@ -45,6 +45,10 @@ static L2: LruHashMap<u32, L2Entry> = LruHashMap::with_max_entries(4096, 0);
 #[map(name = "VL_COUNTERS")]
 static COUNTER_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
+/// How long a closed connection's NAT port rests before a new SYN takes it
+/// (two ticks of the TCP timestamp clock).
+const REUSE_AFTER_NS: u64 = 2_000_000;
+
 /// Attempts at a free NAT port before the connection is dropped.
 const PORT_TRIES: u32 = 16;
 
@@ -143,17 +147,32 @@ fn initial_state(p: &Ipv4Packet) -> u8 {
     }
 }
 
-/// Is the TCP connection whose world-side entry is `world` over in both
-/// directions (a reset, or a FIN each way)?
+/// When the TCP connection whose world-side entry is `world` is over in
+/// both directions (a reset, or a FIN each way): the time of its last
+/// packet either way.
 #[inline(always)]
-fn closed(world: &CtEntry, guest_side: &FlowKey) -> bool {
-    if world.state == TCP_CLOSED {
-        return true;
-    }
+fn closed_since(world: &CtEntry, guest_side: &FlowKey) -> Option<u64> {
     // SAFETY: a read of an entry from a successful lookup, copied at once.
-    match unsafe { CONNTRACK.get(guest_side) }.copied() {
-        Some(g) => g.state == TCP_CLOSED || (world.state == TCP_CLOSING && g.state == TCP_CLOSING),
-        None => world.state == TCP_CLOSING,
+    let (closed, last) = match unsafe { CONNTRACK.get(guest_side) }.copied() {
+        Some(g) => (
+            world.state == TCP_CLOSED
+                || g.state == TCP_CLOSED
+                || (world.state == TCP_CLOSING && g.state == TCP_CLOSING),
+            if g.last_seen_ns > world.last_seen_ns {
+                g.last_seen_ns
+            } else {
+                world.last_seen_ns
+            },
+        ),
+        None => (
+            world.state == TCP_CLOSED || world.state == TCP_CLOSING,
+            world.last_seen_ns,
+        ),
+    };
+    if closed {
+        Some(last)
+    } else {
+        None
     }
 }
 
@@ -188,9 +207,16 @@ fn allocate(cfg: &NatConfig, key: &FlowKey, p: &Ipv4Packet, now: u64) -> Option<
                 // both directions gives its port to a new SYN, as the
                 // kernel's conntrack reopens TIME_WAIT: without this, short
                 // connections to one server would exhaust the range in
-                // under a second and stall for the closing timeout.
+                // under a second and stall for the closing timeout. The
+                // remote may still hold the old connection in TIME_WAIT; it
+                // accepts the new SYN when its TCP timestamp is newer, so
+                // the port is only taken once the TCP timestamp clock (1 ms)
+                // has ticked since the old connection's last packet.
                 let guest_side = reply.reply(DIR_IN, old.addr, old.port);
-                if !(syn && closed(&old, &guest_side)) {
+                let reusable = syn
+                    && closed_since(&old, &guest_side)
+                        .is_some_and(|last| now.saturating_sub(last) > REUSE_AFTER_NS);
+                if !reusable {
                     continue;
                 }
                 let _ = CONNTRACK.remove(&guest_side);
