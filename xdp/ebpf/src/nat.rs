@@ -195,14 +195,28 @@ fn allocate(cfg: &NatConfig, key: &FlowKey, p: &Ipv4Packet, now: u64) -> Option<
     };
     let syn =
         p.proto == IPPROTO_TCP && p.tcp_flags & packet::TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
-    for i in 0..PORT_TRIES {
-        let port = ((min + (start + i) % span) as u16).to_be();
+    // The guest's own port first (as netfilter keeps the source port when
+    // it can): the remote then sees one guest connection per tuple, so a
+    // new connection from a reused guest port meets the remote's TIME_WAIT
+    // with a larger sequence number and is accepted. Then random ports.
+    let own = u16::from_be(key.src_port);
+    let own_first = own >= cfg.port_min && own <= cfg.port_max;
+    for i in 0..PORT_TRIES + 1 {
+        let port = if i == 0 {
+            if !own_first {
+                continue;
+            }
+            key.src_port
+        } else {
+            ((min + (start + i) % span) as u16).to_be()
+        };
         let reply = key.reply(DIR_OUT, [cfg.pod_ip, 0, 0, 0], port);
         let mut flags = BPF_NOEXIST as u64;
         if let Some(old) = CONNTRACK.get_ptr(&reply) {
             // SAFETY: a pointer from a successful lookup, copied at once.
             let old = unsafe { *old };
-            if !expired(cfg, p.proto, &old, now) {
+            let same_guest_tuple = old.addr == key.src_ip && old.port == key.src_port;
+            if !expired(cfg, p.proto, &old, now) && !same_guest_tuple {
                 // A connection to the same remote endpoint that is over in
                 // both directions gives its port to a new SYN, as the
                 // kernel's conntrack reopens TIME_WAIT: without this, short
@@ -481,8 +495,14 @@ fn forwarded(cfg: &NatConfig, p: &Ipv4Packet) -> bool {
         Some(&PORT_FORWARD) => true,
         Some(&PORT_DENY) => false,
         _ => {
+            // A TCP SYN opens a new connection on any port; other packets
+            // to the NAT range without a conntrack entry are late ones of
+            // the guest's expired connections and stay with the pod.
+            let new_tcp = p.proto == IPPROTO_TCP
+                && p.tcp_flags & packet::TCP_SYN != 0
+                && p.tcp_flags & TCP_ACK == 0;
             cfg.flags & FLAG_FORWARD_ALL != 0
-                && !(port >= cfg.port_min && port <= cfg.port_max)
+                && (new_tcp || !(port >= cfg.port_min && port <= cfg.port_max))
                 && !(p.proto == IPPROTO_UDP
                     && port >= cfg.local_port_min
                     && port <= cfg.local_port_max)

@@ -25,7 +25,10 @@ use crate::{attach as attach_prog, bpffs, classifier, ifindex, load, map_err, Er
 /// NAT source ports: above Linux's default `ip_local_port_range`
 /// (32768-60999), and reserved in the pod's namespace as well
 /// (`ip_local_reserved_ports`), so the pod's own sockets never get them.
-pub const DEFAULT_NAT_PORTS: (u16, u16) = (61000, 65535);
+pub const DEFAULT_NAT_PORTS: (u16, u16) = (32768, 60999);
+/// Where the pod's own ephemeral ports go when its `ip_local_port_range`
+/// overlaps the NAT range (below it, above the well-known and Envoy ports).
+pub const POD_LOCAL_PORTS: (u16, u16) = (16384, 32767);
 
 /// Which new inbound connections to the pod IP reach the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,17 @@ fn local_port_range() -> Result<(u16, u16)> {
         (Some(a), Some(b)) => Ok((a, b)),
         _ => Err(Error::Config(format!("{path}: {text:?}"))),
     }
+}
+
+/// Sets `/proc/sys/net/ipv4/ip_local_port_range` of the calling thread's
+/// namespace.
+fn set_local_port_range(range: (u16, u16)) -> Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    std::fs::write(path, format!("{} {}", range.0, range.1)).map_err(|source| Error::Io {
+        step: "write",
+        path: path.into(),
+        source,
+    })
 }
 
 /// Adds `min-max` to `ip_local_reserved_ports` of the calling thread's
@@ -230,13 +244,26 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
             spec.nat_ports.0, spec.nat_ports.1
         )));
     }
-    let local = local_port_range()?;
+    let mut local = local_port_range()?;
     if spec.nat_ports.0 <= local.1 && local.0 <= spec.nat_ports.1 {
-        tracing::warn!(
+        // The guest's ephemeral ports (Linux: 32768-60999) are the NAT
+        // range, kept as they are where possible; the pod's own sockets
+        // take theirs from below.
+        let moved = POD_LOCAL_PORTS;
+        if moved.0 <= spec.nat_ports.1 && spec.nat_ports.0 <= moved.1 {
+            return Err(Error::Config(format!(
+                "NAT port range {}-{} overlaps both the pod's ip_local_port_range {}-{} and {}-{}",
+                spec.nat_ports.0, spec.nat_ports.1, local.0, local.1, moved.0, moved.1
+            )));
+        }
+        set_local_port_range(moved)?;
+        tracing::info!(
             nat = ?spec.nat_ports,
-            local = ?local,
-            "the NAT port range overlaps the pod's ip_local_port_range; reserving it"
+            was = ?local,
+            now = ?moved,
+            "moved the pod's ip_local_port_range below the NAT range"
         );
+        local = moved;
     }
     reserve_ports(spec.nat_ports.0, spec.nat_ports.1)?;
     let ifs = Interfaces {
@@ -557,10 +584,11 @@ mod tests {
             pod_veth: true,
             guest_veth: false,
         };
-        let c = config(&spec, &ifs, (32768, 60999));
+        let c = config(&spec, &ifs, POD_LOCAL_PORTS);
         assert_eq!(c.pod_ip.to_ne_bytes(), [10, 99, 0, 5]);
         assert_eq!(c.flags, FLAG_FORWARD_ALL | FLAG_ANTI_SPOOF | FLAG_POD_PEER);
         assert_eq!(c.tap_mac, [2, 0, 0, 0, 0, 9]);
-        assert_eq!((c.port_min, c.port_max), (61000, 65535));
+        assert_eq!((c.port_min, c.port_max), (32768, 60999));
+        assert_eq!((c.local_port_min, c.local_port_max), (16384, 32767));
     }
 }

@@ -187,6 +187,16 @@ fn two_guests_same_source_port() -> Result<()> {
     assert_eq!(fa.ip().to_string(), t.pods[0].pod_ip);
     assert_eq!(fb.ip().to_string(), t.pods[1].pod_ip);
     assert_eq!(fa2.ip().to_string(), t.pods[0].pod_ip);
+    // The guests' own ports are kept (they are in the NAT range), as
+    // netfilter keeps them; the pods' own sockets moved below the range.
+    assert_eq!((fa.port(), fb.port(), fa2.port()), (40000, 40000, 40000));
+    let range = t.pods[0]
+        .pod
+        .exec("cat", &["/proc/sys/net/ipv4/ip_local_port_range"])?;
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["16384", "32767"]
+    );
     exchange(&mut sa, &mut a, b"to a")?;
     exchange(&mut sb, &mut b, b"to b")?;
     exchange(&mut sa2, &mut a2, b"to a2")?;
