@@ -331,8 +331,7 @@ fn to_world(ctx: &TcContext, cfg: &NatConfig, daddr: u32) -> Result<i32> {
             unsafe { bpf_redirect_neigh(cfg.pod_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
         );
     };
-    ctx.store(0, &l2.dmac, 0)?;
-    ctx.store(6, &l2.smac, 0)?;
+    packet::set_macs(ctx, &l2.dmac, &l2.smac)?;
     if cfg.flags & FLAG_POD_PEER != 0 {
         // SAFETY: a helper taking an ifindex and flags.
         Ok(unsafe { bpf_redirect_peer(cfg.pod_ifindex, 0) } as i32)
@@ -347,11 +346,10 @@ fn to_world(ctx: &TcContext, cfg: &NatConfig, daddr: u32) -> Result<i32> {
 /// pod's interface: the last hop is the next hop).
 #[inline(always)]
 fn learn(ctx: &TcContext, saddr: u32) -> Result<()> {
-    let dst: [u8; 6] = ctx.load(0)?;
+    let (dst, src) = packet::eth_macs(ctx)?;
     if dst[0] & 1 != 0 {
         return Ok(());
     }
-    let src: [u8; 6] = ctx.load(6)?;
     let entry = L2Entry {
         dmac: src,
         smac: dst,
@@ -374,8 +372,7 @@ fn to_guest(ctx: &TcContext, cfg: &NatConfig) -> Result<i32> {
             unsafe { bpf_redirect_neigh(cfg.guest_ifindex, core::ptr::null_mut(), 0, 0) } as i32,
         );
     }
-    ctx.store(0, &cfg.guest_mac, 0)?;
-    ctx.store(6, &cfg.tap_mac, 0)?;
+    packet::set_macs(ctx, &cfg.guest_mac, &cfg.tap_mac)?;
     if cfg.flags & FLAG_GUEST_PEER != 0 {
         // SAFETY: a helper taking an ifindex and flags.
         Ok(unsafe { bpf_redirect_peer(cfg.guest_ifindex, 0) } as i32)
@@ -402,12 +399,12 @@ fn try_guest_ingress(ctx: &TcContext) -> Result<i32> {
     };
     let anti_spoof = cfg.flags & FLAG_ANTI_SPOOF != 0;
     if anti_spoof {
-        let src: [u8; 6] = ctx.load(6)?;
+        let (src, ty) = packet::eth_src_type(ctx)?;
         if src != cfg.guest_mac {
             count(Counter::DropSpoofMac, 1);
             return Ok(TC_ACT_SHOT as i32);
         }
-        if packet::ethertype(ctx)? == ETH_P_ARP {
+        if ty == ETH_P_ARP {
             // The sender protocol address of an Ethernet/IPv4 ARP packet.
             let spa: u32 = ctx.load(ETH_HLEN + 14)?;
             if spa != cfg.guest_ip && spa != 0 {

@@ -1,6 +1,11 @@
-//! Reading and rewriting Ethernet/IPv4/L4 headers through the skb helpers
-//! (`bpf_skb_load_bytes`, `bpf_skb_store_bytes`, `bpf_l3/l4_csum_replace`),
-//! which work on non-linear skbs too.
+//! Reading and rewriting Ethernet/IPv4/L4 headers. The fast path (an IPv4
+//! header without options, the headers in the skb's linear part, pulled in
+//! with `bpf_skb_pull_data` when they are not) reads and writes the packet
+//! directly, computes the IPv4 checksum itself and keeps only
+//! `bpf_l4_csum_replace` (which knows the skb's checksum state). Anything
+//! else goes through the skb helpers (`bpf_skb_load_bytes`,
+//! `bpf_skb_store_bytes`, `bpf_l3/l4_csum_replace`), which work on
+//! non-linear skbs too.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -166,10 +171,192 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16> {
     Ok(u16::from_be(ctx.load::<u16>(12)?))
 }
 
+/// The headers the fast path reads: Ethernet, IPv4 without options and the
+/// TCP header up to its flags.
+const L4_FAST: usize = ETH_HLEN + 20;
+const HEADERS_FAST: usize = L4_FAST + 14;
+
+/// Reads a `T` at the address `addr`.
+///
+/// # Safety
+///
+/// `addr..addr + size_of::<T>()` must be within the packet's linear data
+/// (checked against `data_end` so that the verifier accepts it).
+#[inline(always)]
+unsafe fn rd<T: Copy>(addr: usize) -> T {
+    // SAFETY: in bounds by the caller's contract; no alignment required.
+    unsafe { core::ptr::read_unaligned(addr as *const T) }
+}
+
+/// Writes `v` at the address `addr`.
+///
+/// # Safety
+///
+/// As for [`rd`].
+#[inline(always)]
+unsafe fn wr<T: Copy>(addr: usize, v: T) {
+    // SAFETY: in bounds by the caller's contract; no alignment required.
+    unsafe { core::ptr::write_unaligned(addr as *mut T, v) }
+}
+
+/// The linear data `[data, data_end)` when it holds at least `len` bytes.
+#[inline(always)]
+fn linear(ctx: &TcContext, len: usize) -> Option<(usize, usize)> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + len > end {
+        None
+    } else {
+        Some((data, end))
+    }
+}
+
+/// Makes the first headers of the packet linear (as many as it has, up to
+/// [`HEADERS_FAST`]); invalidates earlier `data` pointers.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let len = ctx.len() as usize;
+    let want = if len < HEADERS_FAST {
+        len
+    } else {
+        HEADERS_FAST
+    };
+    if ctx.data() + want > ctx.data_end() {
+        let _ = ctx.pull_data(want as u32);
+    }
+}
+
+/// The Ethernet source MAC and ethertype (host order).
+#[inline(always)]
+pub fn eth_src_type(ctx: &TcContext) -> Result<([u8; 6], u16)> {
+    if let Some((data, _)) = linear(ctx, ETH_HLEN) {
+        // SAFETY: `linear` checked that the Ethernet header is in bounds.
+        let (src, ty) = unsafe { (rd::<[u8; 6]>(data + 6), rd::<u16>(data + 12)) };
+        return Ok((src, u16::from_be(ty)));
+    }
+    Ok((ctx.load(6)?, ethertype(ctx)?))
+}
+
+/// The Ethernet destination and source MACs.
+#[inline(always)]
+pub fn eth_macs(ctx: &TcContext) -> Result<([u8; 6], [u8; 6])> {
+    if let Some((data, _)) = linear(ctx, ETH_HLEN) {
+        // SAFETY: `linear` checked that the Ethernet header is in bounds.
+        return Ok(unsafe { (rd::<[u8; 6]>(data), rd::<[u8; 6]>(data + 6)) });
+    }
+    Ok((ctx.load(0)?, ctx.load(6)?))
+}
+
+/// Sets the Ethernet destination and source MACs (one write).
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<()> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    if let Some((data, _)) = linear(ctx, ETH_HLEN) {
+        // SAFETY: `linear` checked that the Ethernet header is in bounds.
+        unsafe { wr(data, macs) };
+        return Ok(());
+    }
+    ctx.store(0, &macs, 0)
+}
+
+/// Adds `old` -> `new` (raw 32-bit words) to the IPv4 checksum `csum` (raw),
+/// as `bpf_l3_csum_replace` does (RFC 1624).
+#[inline(always)]
+fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
+    let old = !old;
+    let mut s = (!csum) as u32 + (old & 0xffff) + (old >> 16) + (new & 0xffff) + (new >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// Parses an unfragmented IPv4 packet; `None` for anything else (which the
 /// programs pass on untouched).
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Result<Option<Ipv4Packet>> {
+    pull_headers(ctx);
+    let Some((data, end)) = linear(ctx, L4_FAST) else {
+        return parse_ipv4_slow(ctx);
+    };
+    // SAFETY: `linear` checked that Ethernet and a 20-byte IPv4 header are
+    // in bounds.
+    let (ty, vihl, frag, proto, saddr, daddr) = unsafe {
+        (
+            rd::<u16>(data + 12),
+            rd::<u8>(data + ETH_HLEN),
+            rd::<u16>(data + ETH_HLEN + 6),
+            rd::<u8>(data + ETH_HLEN + 9),
+            rd::<u32>(data + IP_SADDR),
+            rd::<u32>(data + IP_DADDR),
+        )
+    };
+    if u16::from_be(ty) != ETH_P_IP {
+        return Ok(None);
+    }
+    if vihl != 0x45 {
+        // Not IPv4, or with options.
+        return parse_ipv4_slow(ctx);
+    }
+    // More-fragments flag or a fragment offset: no L4 header to translate.
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return Ok(None);
+    }
+    let mut p = Ipv4Packet {
+        l4: L4_FAST,
+        proto,
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+    };
+    let l4 = data + L4_FAST;
+    match proto {
+        IPPROTO_TCP => {
+            if l4 + 14 > end {
+                return parse_ipv4_slow(ctx);
+            }
+            // SAFETY: checked against `data_end` just above.
+            unsafe {
+                p.sport = rd(l4);
+                p.dport = rd(l4 + 2);
+                p.tcp_flags = rd(l4 + 13);
+            }
+        }
+        IPPROTO_UDP => {
+            if l4 + 4 > end {
+                return parse_ipv4_slow(ctx);
+            }
+            // SAFETY: checked against `data_end` just above.
+            unsafe {
+                p.sport = rd(l4);
+                p.dport = rd(l4 + 2);
+            }
+        }
+        IPPROTO_ICMP => {
+            if l4 + 8 > end {
+                return parse_ipv4_slow(ctx);
+            }
+            // SAFETY: checked against `data_end` just above.
+            let (t, id) = unsafe { (rd::<u8>(l4), rd::<u16>(l4 + 4)) };
+            p.icmp_type = t;
+            if t == ICMP_ECHO_REQUEST {
+                p.sport = id;
+            } else if t == ICMP_ECHO_REPLY {
+                p.dport = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(Some(p))
+}
+
+/// [`parse_ipv4`] through `bpf_skb_load_bytes`: IPv4 options, headers not
+/// in the linear part.
+#[inline(never)]
+fn parse_ipv4_slow(ctx: &TcContext) -> Result<Option<Ipv4Packet>> {
     if ethertype(ctx)? != ETH_P_IP {
         return Ok(None);
     }
@@ -233,31 +420,72 @@ pub fn rewrite(ctx: &TcContext, p: &Ipv4Packet, src: bool, addr: u32, port: u16)
         IPPROTO_UDP => (p.l4 + 6, BPF_F_MARK_MANGLED_0 as u64),
         _ => (p.l4 + 2, 0u64),
     };
-    let (ip_off, old_ip) = if src {
-        (IP_SADDR, p.saddr)
-    } else {
-        (IP_DADDR, p.daddr)
-    };
-    if old_ip != addr {
-        if p.proto != IPPROTO_ICMP {
-            // TCP and UDP checksums cover the pseudo header.
-            ctx.l4_csum_replace(
-                csum_off,
-                old_ip as u64,
-                addr as u64,
-                BPF_F_PSEUDO_HDR as u64 | l4_flags | 4,
-            )?;
+    let old_ip = if src { p.saddr } else { p.daddr };
+    let old_port = match p.proto {
+        IPPROTO_ICMP => {
+            if src {
+                p.sport
+            } else {
+                p.dport
+            }
         }
+        _ if src => p.sport,
+        _ => p.dport,
+    };
+    let ip_changed = old_ip != addr;
+    let port_changed = old_port != port;
+    // The L4 checksum through the helper, which knows whether it is a full
+    // checksum or (offloaded) the pseudo header's; it invalidates `data`.
+    if ip_changed && p.proto != IPPROTO_ICMP {
+        // TCP and UDP checksums cover the pseudo header.
+        ctx.l4_csum_replace(
+            csum_off,
+            old_ip as u64,
+            addr as u64,
+            BPF_F_PSEUDO_HDR as u64 | l4_flags | 4,
+        )?;
+    }
+    if port_changed {
+        ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, l4_flags | 2)?;
+    }
+    if p.l4 == L4_FAST {
+        if let Some((data, _)) = linear(ctx, L4_FAST + 8) {
+            // SAFETY: `linear` checked that Ethernet, the 20-byte IPv4 header
+            // and the first 8 bytes of the L4 header are in bounds; all
+            // offsets below are within them.
+            unsafe {
+                if ip_changed {
+                    let sum = csum_replace4(rd(data + IP_CSUM), old_ip, addr);
+                    wr(data + IP_CSUM, sum);
+                    if src {
+                        wr(data + IP_SADDR, addr);
+                    } else {
+                        wr(data + IP_DADDR, addr);
+                    }
+                }
+                if port_changed {
+                    let l4 = data + L4_FAST;
+                    match p.proto {
+                        IPPROTO_ICMP => wr(l4 + 4, port),
+                        _ if src => wr(l4, port),
+                        _ => wr(l4 + 2, port),
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+    let ip_off = if src { IP_SADDR } else { IP_DADDR };
+    if ip_changed {
         ctx.l3_csum_replace(IP_CSUM, old_ip as u64, addr as u64, 4)?;
         ctx.store(ip_off, &addr, 0)?;
     }
-    let (port_off, old_port) = match p.proto {
-        IPPROTO_ICMP => (p.l4 + 4, if src { p.sport } else { p.dport }),
-        _ if src => (p.l4, p.sport),
-        _ => (p.l4 + 2, p.dport),
-    };
-    if old_port != port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, l4_flags | 2)?;
+    if port_changed {
+        let port_off = match p.proto {
+            IPPROTO_ICMP => p.l4 + 4,
+            _ if src => p.l4,
+            _ => p.l4 + 2,
+        };
         ctx.store(port_off, &port, 0)?;
     }
     Ok(())
