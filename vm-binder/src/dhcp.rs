@@ -245,10 +245,24 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
 ///
 /// [`stop`]: DhcpServer::stop
 #[derive(Debug)]
-pub struct DhcpServer {
-    device: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub struct DhcpServer(ServerThread);
+
+/// A server's thread on one device: told to stop and joined on drop. Shared
+/// by the DHCPv4 and the IPv6 servers.
+#[derive(Debug)]
+pub(crate) struct ServerThread {
+    pub(crate) device: String,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn open_socket(device: &str) -> std::io::Result<UdpSocket> {
@@ -321,34 +335,21 @@ impl DhcpServer {
         let started = ready_rx.recv().unwrap_or(Err(Error::NotStarted {
             device: device.to_string(),
         }));
-        let server = Self {
+        let server = Self(ServerThread {
             device: device.to_string(),
             stop,
             thread: Some(thread),
-        };
+        });
         started.map(|()| server)
     }
 
     pub fn device(&self) -> &str {
-        &self.device
+        &self.0.device
     }
 
     /// Stops the server and waits for its thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for DhcpServer {
-    fn drop(&mut self) {
-        self.halt();
+    pub fn stop(self) {
+        drop(self);
     }
 }
 

@@ -31,7 +31,7 @@ use smoltcp::wire::{
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::dhcp::Error;
+use crate::dhcp::{Error, ServerThread};
 use crate::mac::Mac;
 
 pub const SERVER_PORT: u16 = 547;
@@ -265,11 +265,7 @@ pub struct Tap {
 /// Router advertisements and DHCPv6 for one guest; stopped (and the thread
 /// joined) on [`Ipv6Server::stop`] or drop.
 #[derive(Debug)]
-pub struct Ipv6Server {
-    device: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct Ipv6Server(ServerThread);
 
 fn sock_err<'a>(step: &'static str, device: &'a str) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Socket {
@@ -353,34 +349,21 @@ impl Ipv6Server {
         let started = ready_rx.recv().unwrap_or(Err(Error::NotStarted {
             device: device.clone(),
         }));
-        let server = Self {
+        let server = Self(ServerThread {
             device,
             stop,
             thread: Some(thread),
-        };
+        });
         started.map(|()| server)
     }
 
     pub fn device(&self) -> &str {
-        &self.device
+        &self.0.device
     }
 
     /// Stops the server and waits for its thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Ipv6Server {
-    fn drop(&mut self) {
-        self.halt();
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
