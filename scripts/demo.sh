@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's main command: installs what it needs, builds virtlink, and runs
 # the standalone demo: two KubeVirt VMs (real guests under QEMU) and a pod,
-# attached to three networks by virtlink-cni, bound by vm-binder (masquerade
-# and bridge bindings, DHCP for the guests), with traffic checked on every
-# network from inside the guests; then removes everything again.
+# attached to four networks (one of them an isolated eBPF network) by
+# virtlink-cni, bound by vm-binder (masquerade and bridge bindings, DHCP for
+# the guests), with traffic checked on every network from inside the guests;
+# then removes everything again.
 # `--keep` leaves the demo up (`virtlink exec`, `virtlink down` work on it).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -27,7 +27,8 @@ use crate::metrics::Metrics;
 
 /// Every Kubernetes API access the agent makes, as (API group, resource,
 /// verbs): the reflectors list and watch, a cache miss gets, network-status
-/// is a patch of `pods/status`. manifests/base/rbac.yaml grants exactly this
+/// is a patch of `pods/status`, and the isolated networks' sync
+/// ([`crate::vnet_sync`]). manifests/base/rbac.yaml grants exactly this
 /// (checked by agent/tests/manifests.rs).
 pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["get", "list", "watch"]),
@@ -36,6 +37,16 @@ pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
         "k8s.cni.cncf.io",
         "network-attachment-definitions",
         &["get", "list", "watch"],
+    ),
+    // Isolated networks (vnet_sync): the networks are watched; this node's
+    // slices are listed once at start, written with server-side apply
+    // (create for the first apply of a slice, patch after) and deleted;
+    // the slices of the networks with local members are watched.
+    ("virtlink.io", "virtualnetworks", &["list", "watch"]),
+    (
+        "virtlink.io",
+        "networkendpointslices",
+        &["list", "watch", "create", "patch", "delete"],
     ),
 ];
 
@@ -82,6 +93,8 @@ pub struct KubeCache {
     pods: Store<PartialObjectMeta<Pod>>,
     nads: Store<NetworkAttachmentDefinition>,
     metrics: Arc<Metrics>,
+    /// The `node` of `"virtlink"` configs that have none: this agent's.
+    vnet_node: Option<Arc<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for KubeCache {
@@ -127,6 +140,7 @@ impl KubeCache {
             pods,
             nads,
             metrics,
+            vnet_node: None,
         };
         let sizes = me.clone();
         let mut stop = stop;
@@ -140,6 +154,14 @@ impl KubeCache {
             }
         });
         me
+    }
+
+    /// Fills the `node` of every `"virtlink"` (isolated network) config
+    /// that has none with this node's settings: a NAD is cluster-wide, the
+    /// underlay address is per node.
+    pub fn with_vnet_node(mut self, node: &virtlink_vnet::node::NodeConfig) -> Self {
+        self.vnet_node = Some(Arc::new(virtlink_vnet::cni::node_json(node)));
+        self
     }
 
     /// Resolves once both caches have their first full list.
@@ -255,7 +277,13 @@ impl Lookup for KubeCache {
         Ok(nad.map(|n| NadInfo {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            config: n.spec.config,
+            config: match &self.vnet_node {
+                Some(node) => n
+                    .spec
+                    .config
+                    .map(|c| virtlink_vnet::cni::fill_node(&c, node)),
+                None => n.spec.config,
+            },
             annotations: n.metadata.annotations.unwrap_or_default(),
         }))
     }

@@ -5,8 +5,8 @@
 //! Only the NPWG NetworkAttachmentDefinition: its group, kind, plural, short
 //! name and `spec.config` are the upstream ones, so it can be applied on a
 //! cluster without Multus and is a no-op where Multus already installed it.
-//! virtlink defines no CRD of its own yet: nothing in the agent would read
-//! one (datapath settings live in the NAD's CNI config).
+//! virtlink's own CRDs (VirtualNetwork, NetworkEndpointSlice) are the vnet
+//! crate's (`virtlink crd --vnet`, manifests/base/crd-virtual-networks.yaml).
 
 use kube::CustomResourceExt;
 use netattach::nad::NetworkAttachmentDefinition;

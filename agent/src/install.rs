@@ -170,9 +170,9 @@ pub fn wrap(cfg: &InstallConfig, delegate: &Path) -> Result<Value> {
         "daemonSocket": cfg.socket,
         "clusterNetwork": value,
     });
-    if !capabilities.is_empty() {
-        plugin["capabilities"] = Value::Object(capabilities);
-    }
+    // The pod's DNS settings, for the guests behind binding plugins.
+    capabilities.insert("dns".into(), Value::Bool(true));
+    plugin["capabilities"] = Value::Object(capabilities);
     if let Some(dir) = &cfg.state_dir {
         plugin["stateDir"] = json!(dir);
     }
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(p["clusterNetwork"]["name"], "k8s-pod-network");
         assert_eq!(
             p["capabilities"],
-            json!({"portMappings": true, "bandwidth": true})
+            json!({"portMappings": true, "bandwidth": true, "dns": true})
         );
         // First in the order a runtime loads configs.
         assert_eq!(
@@ -293,7 +293,11 @@ mod tests {
         let conf: Value =
             serde_json::from_slice(&std::fs::read(net.join(CONF_NAME)).unwrap()).unwrap();
         assert_eq!(conf["plugins"][0]["clusterNetwork"]["type"], "bridge");
-        assert!(conf["plugins"][0].get("capabilities").is_none());
+        // Only the pod's DNS (for binding plugins): the delegate asks for nothing.
+        assert_eq!(
+            conf["plugins"][0]["capabilities"],
+            serde_json::json!({"dns": true})
+        );
 
         uninstall(&cfg).unwrap();
         assert!(!net.join(CONF_NAME).exists());

@@ -2,7 +2,8 @@
 //! calls that the `virtlink-cni` shim forwards over a unix socket
 //! ([`server`]), with the pods of this node and the NetworkAttachmentDefinitions
 //! in a watch-based cache ([`cache`]), installs the shim and its CNI config
-//! ([`install`]), and exposes health and metrics ([`http`], [`metrics`]).
+//! ([`install`]), exposes health and metrics ([`http`], [`metrics`]), and
+//! syncs the node's isolated networks with the API ([`vnet_sync`]).
 //! Architecture, protocol and limits: docs/agent.md.
 
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod install;
 pub mod metrics;
 pub mod server;
+pub mod vnet_sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +59,9 @@ pub struct Config {
     pub install: Option<install::InstallConfig>,
     /// Remove them again on SIGTERM/SIGINT.
     pub uninstall_on_exit: bool,
+    /// The binding plugin's records (`virtlink-cni` with `binding`): the
+    /// agent answers the guests' DHCP for each of them. `None`: off.
+    pub bindings_dir: Option<PathBuf>,
 }
 
 /// Where the API is and which node's pods to watch.
@@ -65,6 +70,10 @@ pub struct KubeSettings {
     /// `None`: the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
     pub node_name: String,
+    /// This node's isolated networks (docs/vnet.md): the VirtualNetworks
+    /// and endpoint slices are synced between the API and the node's
+    /// cluster directory. `None`: off.
+    pub vnet: Option<virtlink_vnet::node::NodeConfig>,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             kube: None,
             install: None,
             uninstall_on_exit: false,
+            bindings_dir: Some(PathBuf::from(virtlink_cni::binding::DEFAULT_RECORDS_DIR)),
         }
     }
 }
@@ -84,6 +94,37 @@ impl Default for Config {
 /// How long a stopping agent waits for the calls it admitted; below the
 /// DaemonSet's terminationGracePeriodSeconds (30).
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// How often the binding records are re-read: a guest's first DHCP request
+/// comes seconds after its ADD (the VM boots), and retries.
+const BINDINGS_RESYNC: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps a DHCP (and IPv6) server running for every binding record in
+/// `dir` (docs/agent.md, "KubeVirt network binding plugin"); stops them all
+/// on stop.
+async fn serve_bindings(dir: PathBuf, mut stop: watch::Receiver<bool>) {
+    tracing::info!(dir = %dir.display(), "serving the DHCP of bound VM interfaces");
+    let servers = Arc::new(std::sync::Mutex::new(vm_binder::plugin::Servers::new()));
+    loop {
+        let (s, d) = (servers.clone(), dir.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut s) = s.lock() {
+                s.sync(&d);
+            }
+        })
+        .await;
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(BINDINGS_RESYNC) => {}
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut s) = servers.lock() {
+            *s = vm_binder::plugin::Servers::new();
+        }
+    })
+    .await;
+}
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
@@ -123,9 +164,20 @@ async fn run_async(config: Config) -> Result<()> {
     let cache = match &config.kube {
         Some(k) => {
             let client = cache::client(k.kubeconfig.as_deref()).await?;
-            let cache =
-                cache::KubeCache::start(client, &k.node_name, metrics.clone(), stop_rx.clone());
+            let cache = cache::KubeCache::start(
+                client.clone(),
+                &k.node_name,
+                metrics.clone(),
+                stop_rx.clone(),
+            );
+            let cache = match &k.vnet {
+                Some(node) => cache.with_vnet_node(node),
+                None => cache,
+            };
             services.lookup = Some(Arc::new(cache.clone()));
+            if let Some(node) = k.vnet.clone() {
+                vnet_sync::start(client.clone(), node, stop_rx.clone());
+            }
             Some(cache)
         }
         None => None,
@@ -158,6 +210,9 @@ async fn run_async(config: Config) -> Result<()> {
                 }
             }
         });
+    }
+    if let Some(dir) = config.bindings_dir.clone() {
+        tasks.spawn(serve_bindings(dir, stop_rx.clone()));
     }
     // Calls are served before the caches sync (a miss is a GET); readiness
     // waits for them so a rollout does not move on with cold caches.

@@ -210,9 +210,15 @@ fn crd_file_is_generated_from_the_rust_types() {
         file.display()
     );
     let p = parse_all();
-    assert_eq!(p.crds.len(), 1);
+    // The isolated networks' CRDs are vnet's (checked in vnet/tests/manifests.rs).
+    let nad: Vec<_> = p
+        .crds
+        .iter()
+        .filter(|c| c.spec.group != "virtlink.io")
+        .collect();
+    assert_eq!(nad.len(), 1);
     assert_eq!(
-        p.crds[0].spec.names.short_names,
+        nad[0].spec.names.short_names,
         Some(vec!["net-attach-def".to_string()])
     );
 }
@@ -297,5 +303,33 @@ fn example_vm_uses_the_example_nads_and_device_pools() {
         } else {
             assert!(resource.is_none());
         }
+    }
+}
+
+#[test]
+fn binding_plugin_nads_are_configs_the_binding_plugin_accepts() {
+    let p = parse_all();
+    let bindings: Vec<_> = p
+        .nads
+        .iter()
+        .filter(|n| {
+            n.spec
+                .config
+                .as_deref()
+                .is_some_and(|c| virtlink_cni::binding::is_binding_conf(c.as_bytes()))
+        })
+        .collect();
+    let names: Vec<&str> = bindings
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["virtlink-masquerade", "virtlink-bridge"]);
+    for nad in bindings {
+        let config = nad.spec.config.as_deref().unwrap();
+        let c = virtlink_cni::binding::BindingConf::parse(config.as_bytes())
+            .unwrap_or_else(|e| panic!("{:?}: {e}", nad.metadata.name));
+        assert_eq!(c.kind, virtlink_agent::install::SHIM_NAME);
+        assert_eq!(c.tap_owner, Some(107), "virt-launcher's qemu user");
+        assert_eq!(nad.metadata.namespace.as_deref(), Some("virtlink-system"));
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use virtlink_agent::{Config, KubeSettings, Limits};
+use virtlink_vnet::node::NodeConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,6 +54,27 @@ pub struct Args {
     /// `stateDir` written into the CNI config (default: virtlink-cni's).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The network binding plugin's records: the agent answers the DHCP of
+    /// every VM interface bound there (`recordsDir` of the binding NAD).
+    #[arg(long, default_value = virtlink_cni::binding::DEFAULT_RECORDS_DIR)]
+    bindings_dir: PathBuf,
+    /// Do not serve the binding plugin's DHCP.
+    #[arg(long)]
+    no_bindings: bool,
+    /// Isolated networks (with --kube): this node's underlay address (the
+    /// "virtlink" CNI type's `node.underlayIp`). Turns on the sync of
+    /// VirtualNetworks and endpoint slices with the API.
+    #[arg(long)]
+    underlay_ip: Option<std::net::Ipv4Addr>,
+    /// The node's cluster directory, the API's local mirror (`node.clusterDir`).
+    #[arg(long, default_value = "/var/lib/virtlink/vnet/cluster")]
+    cluster_dir: PathBuf,
+    /// The node's isolated-network state (`node.stateDir`).
+    #[arg(long, default_value = virtlink_vnet::cni::DEFAULT_STATE_DIR)]
+    vnet_state_dir: PathBuf,
+    /// Where the node's maps and links are pinned (`node.bpffsRoot`).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs_root: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -78,11 +100,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let node_name = args
             .node_name
             .context("--node-name (or NODE_NAME) is required with --kube")?;
+        let vnet = args.underlay_ip.map(|ip| {
+            let mut n = NodeConfig::new(&node_name, ip, &args.cluster_dir, &args.vnet_state_dir);
+            n.bpffs_root = args.bpffs_root.clone();
+            n
+        });
         Some(KubeSettings {
             kubeconfig: args.kubeconfig,
             node_name,
+            vnet,
         })
     } else {
+        if args.underlay_ip.is_some() {
+            anyhow::bail!("--underlay-ip syncs isolated networks with the API: it needs --kube or --kubeconfig");
+        }
         None
     };
     let config = Config {
@@ -96,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         http: args.http,
         worker_threads: args.worker_threads,
+        bindings_dir: (!args.no_bindings).then_some(args.bindings_dir),
     };
     virtlink_agent::run(config)
         .map_err(|e| anyhow::anyhow!(virtlink_cni::error_chain(&e)))

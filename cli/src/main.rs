@@ -8,6 +8,7 @@ mod launcher;
 mod runtime;
 mod standalone;
 mod stats;
+mod vnet_stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,10 +67,15 @@ enum Command {
     },
     /// The node agent: serves the CNI calls the virtlink-cni shim forwards
     /// (docs/agent.md).
-    Agent(agent::Args),
+    Agent(Box<agent::Args>),
     /// Print the CustomResourceDefinitions virtlink needs, generated from its
     /// Rust types (manifests/crds/ holds this output).
-    Crd,
+    Crd {
+        /// The isolated networks' CRDs (VirtualNetwork, NetworkEndpointSlice;
+        /// manifests/base/crd-virtual-networks.yaml) instead.
+        #[arg(long)]
+        vnet: bool,
+    },
     /// A VM's eBPF datapath counters (packets, bytes, drops by reason,
     /// conntrack entries), read from its pinned maps.
     Stats {
@@ -79,6 +85,18 @@ enum Command {
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
         /// The bpffs the binder pins under.
+        #[arg(long, default_value = virtlink_xdp::bpffs::DEFAULT_ROOT)]
+        bpffs_root: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An isolated-network node's eBPF datapath (docs/vnet.md): forwarded
+    /// packets, drops by reason, map sizes, read from its pins.
+    VnetStats {
+        /// The node's name.
+        node: String,
+        /// The bpffs the node pins under.
         #[arg(long, default_value = virtlink_xdp::bpffs::DEFAULT_ROOT)]
         bpffs_root: PathBuf,
         /// JSON instead of text.
@@ -114,14 +132,22 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Launcher { dir } => launcher::run(&dir),
-        Command::Agent(args) => agent::run(args),
-        Command::Crd => agent::print_crds(),
+        Command::Agent(args) => agent::run(*args),
+        Command::Crd { vnet: false } => agent::print_crds(),
+        Command::Crd { vnet: true } => virtlink_vnet::model::crds_yaml()
+            .map(|y| print!("{y}"))
+            .map_err(|e| anyhow::anyhow!("render the vnet CRDs: {e}")),
         Command::Stats {
             vm,
             namespace,
             bpffs_root,
             json,
         } => stats::run(&bpffs_root, &namespace, &vm, json),
+        Command::VnetStats {
+            node,
+            bpffs_root,
+            json,
+        } => vnet_stats::run(&bpffs_root, &node, json),
         Command::Bench { what } => bench::run(what),
     };
     match outcome {

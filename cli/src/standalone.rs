@@ -92,6 +92,61 @@ fn plugin_config(env: &Env, source: &DirSource) -> Value {
     })
 }
 
+/// The node of the isolated networks (`"type": "virtlink"`, docs/vnet.md)
+/// in standalone mode: the environment's node namespace, alone (nothing
+/// crosses the tunnel, so its underlay address is loopback's), with its
+/// cluster directory (the API's stand-in) and state in the environment's.
+fn vnet_node(env: &Env) -> virtlink_vnet::node::NodeConfig {
+    virtlink_vnet::node::NodeConfig::new(
+        &env.node,
+        std::net::Ipv4Addr::LOCALHOST,
+        &env.dir.join("vnet/cluster"),
+        &env.dir.join("vnet/state"),
+    )
+}
+
+/// The file's objects as the CNI reads them: each VirtualNetwork checked
+/// and written to the node's cluster directory, each `"virtlink"` NAD
+/// config given the node's settings (as the node agent does in a cluster).
+fn prepare_objects(env: &Env, file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let node = vnet_node(env);
+    let node_json = virtlink_vnet::cni::node_json(&node);
+    let cluster = virtlink_vnet::store::ClusterDir::new(&node.cluster_dir);
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value =
+            Value::deserialize(doc).with_context(|| format!("parse {}", file.display()))?;
+        if value.is_null() {
+            continue;
+        }
+        match value.get("kind").and_then(Value::as_str).unwrap_or("") {
+            "VirtualNetwork" => {
+                let vn: virtlink_vnet::model::VirtualNetwork =
+                    serde_json::from_value(value.clone())
+                        .with_context(|| format!("VirtualNetwork in {}", file.display()))?;
+                let name = vn.metadata.name.clone().unwrap_or_default();
+                let net = virtlink_vnet::model::Network::from_spec(&name, &vn.spec)
+                    .with_context(|| format!("VirtualNetwork {name} in {}", file.display()))?;
+                std::fs::create_dir_all(&node.cluster_dir)?;
+                cluster
+                    .put_network(&net)
+                    .with_context(|| format!("record VirtualNetwork {name}"))?;
+            }
+            "NetworkAttachmentDefinition" => {
+                if let Some(c) = value.pointer_mut("/spec/config") {
+                    if let Some(text) = c.as_str() {
+                        *c = json!(virtlink_vnet::cni::fill_node(text, &node_json));
+                    }
+                }
+            }
+            _ => {}
+        }
+        docs.push(serde_yaml::to_string(&value)?);
+    }
+    Ok(docs.join("---\n"))
+}
+
 /// The VirtualMachines and VirtualMachineInstances of a YAML file.
 fn read_vms(file: &Path) -> Result<Vec<(serde_json::Value, vm_binder::Vm)>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
@@ -168,8 +223,7 @@ pub fn up(file: &Path, run_dir: &Path) -> Result<()> {
         let vms = read_vms(file)?;
         std::fs::create_dir_all(&manifests)
             .with_context(|| format!("create {}", manifests.display()))?;
-        std::fs::copy(file, manifests.join("objects.yaml"))
-            .with_context(|| format!("read {}", file.display()))?;
+        std::fs::write(manifests.join("objects.yaml"), prepare_objects(&env, file)?)?;
         if !vms.is_empty() {
             std::fs::write(manifests.join("launchers.yaml"), launcher_pods_yaml(&vms)?)?;
         }
@@ -806,6 +860,11 @@ pub fn down(file: &Path, run_dir: &Path) -> Result<()> {
                 errors.push(format!("delete {ns}: {e}"));
             }
         }
+    }
+    // The isolated networks' pinned maps and links (the node's VXLAN device
+    // goes with its namespace).
+    if let Err(e) = virtlink_vnet::node::remove_pins(&vnet_node(&env)) {
+        errors.push(format!("remove the isolated networks' pins: {e}"));
     }
     // Namespaces of the environment that no state names any more (its
     // state was removed by hand, or a pod was never recorded).

@@ -2,7 +2,8 @@
 //! (examples/vms.yaml) boots two real guests (QEMU/TCG) behind launcher pods
 //! attached by virtlink-cni and bound by vm-binder: vm-a with the pod network
 //! by masquerade and two secondary networks by bridge binding (over a bridge
-//! NAD and a macvlan NAD), vm-b on the pod network and the bridge network.
+//! NAD and a macvlan NAD), vm-b on the pod network, the bridge network and
+//! an isolated network (a VirtualNetwork in the file, `"type": "virtlink"`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
 
@@ -174,6 +175,7 @@ fn two_vms_with_several_networks_boot_talk_and_go_away() {
         ("vm-a", "green", "default/green"),
         ("vm-b", "default", "pod"),
         ("vm-b", "blue", "default/blue"),
+        ("vm-b", "red", "default/red"),
     ] {
         let row = out
             .lines()
@@ -192,6 +194,18 @@ fn two_vms_with_several_networks_boot_talk_and_go_away() {
         "the spec's macAddress is the guest's:\n{out}"
     );
     assert!(line(&out, "vm-a     default").contains("10.0.2.2/24"));
+    // The isolated network's addresses come from its VirtualNetwork's CIDR,
+    // and its eBPF datapath carried the guest's pings.
+    assert!(line(&out, "vm-b     red").contains("10.10.3."), "{out}");
+    let node = format!("vl-{}-node", env.name);
+    let (ok, stats) = virtlink(&["vnet-stats", &node, "--json"]);
+    assert!(ok, "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["endpoints"], 2, "{stats}");
+    assert!(
+        stats["counters"]["forward_local"].as_u64().unwrap() >= 4,
+        "{stats}"
+    );
 
     // Traffic on every network, from inside the guests, and inbound through
     // the masquerade binding; the two VMs reach each other on `blue`.
@@ -205,6 +219,7 @@ fn two_vms_with_several_networks_boot_talk_and_go_away() {
         "vm-b/eth0 -> peer",
         "peer -> vm-b:80 (inbound)",
         "vm-b/eth1 -> vm-a",
+        "vm-b/eth2 -> peer",
     ] {
         let l = line(&out, needle);
         assert!(l.contains(" ok") && !l.contains("FAILED"), "{l}");
@@ -268,6 +283,10 @@ fn two_vms_with_several_networks_boot_talk_and_go_away() {
         Vec::<String>::new()
     );
     assert!(!env.env_dir().exists(), "state dir left behind");
+    assert!(
+        !Path::new(&format!("/sys/fs/bpf/virtlink/vnet-{node}")).exists(),
+        "the isolated network's pins left behind"
+    );
     for net in ["blue", "green"] {
         let dir = Path::new("/var/lib/cni/networks").join(net);
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -27,6 +27,8 @@ struct Planned {
     network: String,
     ifname: String,
     is_default: bool,
+    /// A network binding plugin entry: see [`Stage`].
+    binding: bool,
     resolved: Resolved,
     runtime_config: Map<String, Value>,
     default_route: Vec<String>,
@@ -110,6 +112,7 @@ pub fn add_with(env: &Env, conf: &NetConf, services: &Services) -> Result<CniRes
             network: p.network.clone(),
             ifname: p.ifname.clone(),
             is_default: p.is_default,
+            binding: p.binding,
             delegate: p.resolved.list.clone(),
             runtime_config: p.runtime_config.clone(),
             result: None,
@@ -139,7 +142,12 @@ pub fn add_with(env: &Env, conf: &NetConf, services: &Services) -> Result<CniRes
                 ))
             })
     };
-    let outcomes = run_staged(&plan, conf.parallel, |p| p.is_default, add_one);
+    let outcomes = run_staged(
+        &plan,
+        conf.parallel,
+        |p| Stage::of(p.is_default, p.binding),
+        add_one,
+    );
     let tried = outcomes.len();
     let mut results = Vec::with_capacity(plan.len());
     let mut first_error = None;
@@ -299,6 +307,7 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
         network,
         ifname: env.ifname.clone(),
         is_default: true,
+        binding: false,
         resolved,
         runtime_config: conf.runtime_config.clone(),
         default_route: Vec::new(),
@@ -335,19 +344,85 @@ fn plan(env: &Env, conf: &NetConf, source: &Source, pod: Option<&PodInfo>) -> Re
             conf.cni_version,
         )?;
         let device_info = devices.attach(&network, resource.as_deref(), &mut list)?;
+        if let Some(args) = &sel.cni_args {
+            add_cni_args(&mut list, args);
+        }
         let resolved = delegate::resolve(list, &env.path, &cache)
             .map_err(|e| e.context(format!("network {network}")))?;
+        let binding = sel
+            .cni_args
+            .as_ref()
+            .is_some_and(|a| a.contains_key(LOGIC_NETWORK_ARG));
+        let mut runtime_config = selection_runtime_config(sel);
+        // The pod's DNS (the runtime's `dns` capability) is for the guest
+        // behind a binding plugin too.
+        if let (true, Some(dns)) = (binding, conf.runtime_config.get("dns")) {
+            runtime_config.insert("dns".into(), dns.clone());
+        }
         planned.push(Planned {
             network,
             ifname,
             is_default: false,
+            binding,
             resolved,
-            runtime_config: selection_runtime_config(sel),
+            runtime_config,
             default_route: sel.default_route.clone(),
             device_info,
         });
     }
+    // Binding plugin entries run after every network they may bind.
+    planned.sort_by_key(|p| Stage::of(p.is_default, p.binding));
     Ok(planned)
+}
+
+/// The `cni-args` key KubeVirt's virt-controller sets on the networks
+/// annotation entry of a network binding plugin (the VM network it binds).
+pub const LOGIC_NETWORK_ARG: &str = "logicNetworkName";
+
+/// Gives every plugin of `list` the selection's `cni-args` as `args.cni`
+/// (the CNI conventions' `args` field, where Multus puts them too).
+fn add_cni_args(list: &mut NetworkList, cni_args: &Map<String, Value>) {
+    for plugin in &mut list.plugins {
+        let args = plugin
+            .entry("args")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !args.is_object() {
+            *args = Value::Object(Map::new());
+        }
+        if let Some(args) = args.as_object_mut() {
+            let cni = args
+                .entry("cni")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !cni.is_object() {
+                *cni = Value::Object(Map::new());
+            }
+            if let Some(cni) = cni.as_object_mut() {
+                for (k, v) in cni_args {
+                    cni.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The order networks are added in (and deleted in, reversed): the cluster
+/// network alone, then the secondary networks (concurrently), then the
+/// network binding plugins, which act on the interfaces the others made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Cluster,
+    Secondary,
+    Binding,
+}
+
+impl Stage {
+    fn of(is_default: bool, binding: bool) -> Self {
+        match (is_default, binding) {
+            (true, _) => Stage::Cluster,
+            (false, false) => Stage::Secondary,
+            (false, true) => Stage::Binding,
+        }
+    }
 }
 
 /// Capability arguments a selection element asks for (libcni names).
@@ -364,9 +439,6 @@ fn selection_runtime_config(sel: &NetworkSelection) -> Map<String, Value> {
     }
     if let Some(bw) = &sel.bandwidth {
         rc.insert("bandwidth".into(), bw.clone());
-    }
-    if let Some(args) = &sel.cni_args {
-        rc.insert("cniArgs".into(), Value::Object(args.clone()));
     }
     rc
 }
@@ -626,7 +698,12 @@ fn del_attachments(
                 resolved.del(&inv, &att.runtime_config, att.result.as_ref())
             })
     };
-    let outcomes = run_all(&order, parallel, |a| a.is_default, del_one);
+    let outcomes = run_all(
+        &order,
+        parallel,
+        |a| Stage::of(a.is_default, a.binding),
+        del_one,
+    );
     let mut first_error = None;
     let mut kept = Vec::new();
     for (att, outcome) in order.into_iter().zip(outcomes) {
@@ -653,59 +730,62 @@ fn del_attachments(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Runs `f` on the items in two stages, keeping the items' order in the
-/// outcome: for ADD the cluster network (`first`) alone, then the others;
-/// stops after the first stage if it failed, and in sequential mode at the
-/// first failure. Returns the outcomes of the items that were tried, a prefix.
+/// Runs `f` on the items stage by stage (items of a stage are adjacent),
+/// keeping the items' order in the outcome: the cluster network alone, the
+/// secondary networks (concurrently when `parallel`), the binding plugins. Stops after a
+/// stage with a failure, and in sequential mode at the first failure.
+/// Returns the outcomes of the items that were tried, a prefix.
 fn run_staged<T: Sync, R: Send>(
     items: &[T],
     parallel: bool,
-    first: impl Fn(&T) -> bool,
+    stage: impl Fn(&T) -> Stage,
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Vec<Result<R>> {
     let mut out = Vec::with_capacity(items.len());
-    let lead = items.iter().take_while(|i| first(i)).count();
-    for item in &items[..lead] {
-        let r = f(item);
-        let failed = r.is_err();
-        out.push(r);
-        if failed {
-            return out;
-        }
-    }
-    let rest = &items[lead..];
-    if parallel && rest.len() > 1 {
-        out.extend(concurrently(rest, &f));
-    } else {
-        for item in rest {
-            let r = f(item);
-            let failed = r.is_err();
-            out.push(r);
-            if failed {
+    for group in stages(items, &stage) {
+        // Binding plugins go one by one: two of them may fall back to the
+        // same pod interface, and the second must find it taken.
+        if parallel && group.len() > 1 && stage(&group[0]) == Stage::Secondary {
+            out.extend(concurrently(group, &f));
+            if out.iter().any(|r| r.is_err()) {
                 break;
+            }
+        } else {
+            for item in group {
+                let r = f(item);
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    return out;
+                }
             }
         }
     }
     out
 }
 
-/// Runs `f` on every item (DEL goes on after failures): the items that are
-/// not `last` first (concurrently when `parallel`), then the `last` ones.
+/// Runs `f` on every item (DEL goes on after failures), stage by stage
+/// (each stage's items concurrently when `parallel`).
 fn run_all<T: Sync, R: Send>(
     items: &[T],
     parallel: bool,
-    last: impl Fn(&T) -> bool,
+    stage: impl Fn(&T) -> Stage,
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Vec<Result<R>> {
-    let split = items.iter().take_while(|i| !last(i)).count();
-    let (front, back) = items.split_at(split);
-    let mut out: Vec<Result<R>> = if parallel && front.len() > 1 {
-        concurrently(front, &f)
-    } else {
-        front.iter().map(&f).collect()
-    };
-    out.extend(back.iter().map(&f));
+    let mut out = Vec::with_capacity(items.len());
+    for group in stages(items, &stage) {
+        if parallel && group.len() > 1 {
+            out.extend(concurrently(group, &f));
+        } else {
+            out.extend(group.iter().map(&f));
+        }
+    }
     out
+}
+
+/// The runs of adjacent items of the same stage.
+fn stages<'a, T>(items: &'a [T], stage: &impl Fn(&T) -> Stage) -> Vec<&'a [T]> {
+    items.chunk_by(|a, b| stage(a) == stage(b)).collect()
 }
 
 /// One scoped thread per item; outcomes in the items' order.

@@ -108,6 +108,10 @@ pub struct Invocation<'a> {
 
 /// Finds a plugin binary in `CNI_PATH`.
 pub fn find(kind: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    if kind == virtlink_vnet::cni::TYPE {
+        // In-process (see `exec`): the type's name stands for the binary.
+        return Ok(PathBuf::from(kind));
+    }
     path.iter()
         .map(|dir| dir.join(kind))
         .find(|p| p.is_file())
@@ -132,6 +136,9 @@ pub fn exec(
     inv: &Invocation<'_>,
     stdin: &Value,
 ) -> Result<Option<Value>, CniError> {
+    if binary == Path::new(virtlink_vnet::cni::TYPE) {
+        return in_process_vnet(command, inv, stdin);
+    }
     let started = Instant::now();
     let input = serde_json::to_vec(stdin)
         .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("encode delegate config: {e}")))?;
@@ -193,6 +200,22 @@ pub fn exec(
             format!("decode output of {}: {e}", binary.display()),
         )
     })
+}
+
+/// The `virtlink` type (isolated networks, docs/vnet.md) runs in-process.
+fn in_process_vnet(
+    command: Command,
+    inv: &Invocation<'_>,
+    stdin: &Value,
+) -> Result<Option<Value>, CniError> {
+    let req = virtlink_vnet::cni::Request {
+        command: command.as_str(),
+        container_id: inv.container_id,
+        netns: inv.netns,
+        ifname: inv.ifname,
+        config: stdin,
+    };
+    virtlink_vnet::cni::call(&req).map_err(|f| CniError::new(f.code, f.msg).with_details(f.details))
 }
 
 fn delegate_error(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus) -> CniError {
@@ -299,7 +322,11 @@ pub fn resolve(
     let mut chosen = want;
     for kind in list.types().map(str::to_string).collect::<Vec<_>>() {
         let bin = find(&kind, path)?;
-        let versions = supported_versions(&bin, cache_dir)?;
+        let versions = if kind == virtlink_vnet::cni::TYPE {
+            virtlink_vnet::cni::VERSIONS.map(String::from).to_vec()
+        } else {
+            supported_versions(&bin, cache_dir)?
+        };
         let best = want
             .best_at_most(versions.iter().map(String::as_str))
             .ok_or_else(|| {

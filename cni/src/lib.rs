@@ -8,6 +8,7 @@
 //! runtime -> [`plugin`] -> [`attach`] -> ([`source`], [`delegate`], [`state`]).
 
 pub mod attach;
+pub mod binding;
 pub mod config;
 pub mod daemon;
 pub mod delegate;

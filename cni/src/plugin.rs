@@ -76,11 +76,27 @@ pub fn run_with(
     if env.command() == Command::Version {
         return (version_answer(&asked), 0);
     }
+    if crate::binding::is_binding_conf(stdin) {
+        let conf = match crate::binding::BindingConf::parse(stdin) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        init_logging(conf.log_level.clone(), None, get("VIRTLINK_LOG"));
+        return match crate::binding::run(&env, &conf) {
+            Ok(Some(v)) => (serde_json::to_string(&v).unwrap_or_default(), 0),
+            Ok(None) => (String::new(), 0),
+            Err(e) => fail(e),
+        };
+    }
     let conf = match NetConf::parse(stdin) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    init_logging(&conf, get("VIRTLINK_LOG"));
+    init_logging(
+        conf.log_level.clone(),
+        conf.log_file.as_deref(),
+        get("VIRTLINK_LOG"),
+    );
     let _span = tracing::info_span!(
         "cni",
         command = env.command().as_str(),
@@ -129,11 +145,13 @@ fn version_answer(asked: &str) -> String {
 /// Logs go to the configured file, else stderr (the runtime keeps it); the
 /// level comes from `logLevel` or `VIRTLINK_LOG`, default warn. A plain level
 /// filter: it costs nothing to build at each exec, unlike a directive parser.
-fn init_logging(conf: &NetConf, env_level: Option<String>) {
+fn init_logging(
+    log_level: Option<String>,
+    log_file: Option<&std::path::Path>,
+    env_level: Option<String>,
+) {
     use tracing_subscriber::filter::LevelFilter;
-    let level = conf
-        .log_level
-        .clone()
+    let level = log_level
         .or(env_level)
         .and_then(|l| l.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::WARN);
@@ -141,7 +159,7 @@ fn init_logging(conf: &NetConf, env_level: Option<String>) {
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false);
-    let file = conf.log_file.as_ref().and_then(|p| {
+    let file = log_file.and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -74,6 +74,10 @@ pub struct Attachment {
     pub network: String,
     pub ifname: String,
     pub is_default: bool,
+    /// A KubeVirt network binding plugin entry (its `cni-args` name a
+    /// `logicNetworkName`): added after the other networks, deleted first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binding: bool,
     /// The delegate config list with the version it was called with.
     pub delegate: NetworkList,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -283,6 +287,7 @@ mod tests {
                 network: "default/blue".into(),
                 ifname: "net1".into(),
                 is_default: false,
+                binding: false,
                 delegate: NetworkList::from_value(
                     &serde_json::json!({"name":"blue","type":"bridge"}),
                     Version::V1_0_0,

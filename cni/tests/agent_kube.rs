@@ -1,8 +1,8 @@
 //! The agent's watch-based cache of the Kubernetes API, end to end: runtime
 //! call -> virtlink-cni shim -> `virtlink agent --kubeconfig` -> reflectors.
 //!
-//! No kube-apiserver can run on this machine, so a small HTTP server in this
-//! test plays it from recorded API responses (tests/fixtures/kube): the
+//! No kube-apiserver can run on this machine, so a small HTTP server
+//! (common/fake_api.rs) plays it from recorded API responses (tests/fixtures/kube): the
 //! metadata-only list of this node's pods and the NAD list, then watch
 //! streams (ADDED, MODIFIED, DELETED, BOOKMARK events, chunked and kept open
 //! like the real thing), a GET for a pod the cache lacks, and the
@@ -14,190 +14,45 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::fake_api::{fixture, FakeApi, Reply, Request};
 use common::{assert_clean, Netns, Node};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const UID_A: &str = "6f1c3a52-9d7e-4b1a-8f0e-2b8c4a1d9e01";
 const UID_B: &str = "1d2e3f4a-5b6c-4d7e-8f90-a1b2c3d4e5f6";
 const UID_C: &str = "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7";
 
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    /// Path and query, as sent.
-    target: String,
-    content_type: String,
-    body: String,
-}
-
-impl Request {
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
-    }
-    fn is_watch(&self) -> bool {
-        self.target.contains("watch=true") || self.target.contains("watch=1")
-    }
-}
-
-struct FakeApi {
-    port: u16,
-    requests: Arc<Mutex<Vec<Request>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn fixture(name: &str, ipam: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/kube/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace("@IPAM@", ipam)
-}
-
-impl FakeApi {
-    fn start(node: &Node) -> Self {
-        let ipam = node.ipam().to_str().unwrap().to_string();
-        let listener = netattach::netns::run_in(std::path::Path::new(&node.ns.path()), || {
-            TcpListener::bind("127.0.0.1:0")
-        })
-        .unwrap()
-        .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopped) = (requests.clone(), stop.clone());
-        listener.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let (seen, stopped, ipam) = (seen.clone(), stopped.clone(), ipam.clone());
-                        std::thread::spawn(move || serve(stream, &seen, &stopped, &ipam));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        FakeApi {
-            port,
-            requests,
-            stop,
-        }
-    }
-
-    fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{token: test-token}}\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        path
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-fn serve(stream: std::net::TcpStream, seen: &Mutex<Vec<Request>>, stop: &AtomicBool, ipam: &str) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let (mut length, mut content_type) = (0usize, String::new());
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap_or((h, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "content-type" => content_type = v.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let req = Request {
-            method,
-            target,
-            content_type,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        };
-        seen.lock().unwrap().push(req.clone());
+/// The API as this node's agent sees it: the metadata-only list and watch
+/// of this node's pods, the NAD list and watch, a GET for pod c (not in the
+/// lists), the network-status PATCH.
+fn start_api(node: &Node) -> FakeApi {
+    let ipam = node.ipam().to_str().unwrap().to_string();
+    FakeApi::start(node, move |req| {
         let nads = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
         if req.method == "GET" && req.is_watch() {
-            let events = match req.path() {
-                "/api/v1/pods" => fixture("pods-node-1-metadata-watch.jsonl", ipam),
-                p if p == nads => fixture("nads-watch.jsonl", ipam),
+            return Reply::Watch(match req.path() {
+                "/api/v1/pods" => fixture("pods-node-1-metadata-watch.jsonl", &ipam),
+                p if p == nads => fixture("nads-watch.jsonl", &ipam),
                 _ => String::new(),
-            };
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-            );
-            for event in events.lines().filter(|l| !l.trim().is_empty()) {
-                let chunk = format!("{event}\n");
-                let _ = write!(out, "{:x}\r\n{chunk}\r\n", chunk.len());
-                let _ = out.flush();
-            }
-            // A watch stays open until the server ends it.
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = write!(out, "0\r\n\r\n");
-            return;
+            });
         }
-        let (status, text) = match (req.method.as_str(), req.path()) {
-            ("GET", "/api/v1/pods") => (200, fixture("pods-node-1-metadata-list.json", ipam)),
-            ("GET", p) if p == nads => (200, fixture("nads-list.json", ipam)),
+        match (req.method.as_str(), req.path()) {
+            ("GET", "/api/v1/pods") => {
+                Reply::Json(200, fixture("pods-node-1-metadata-list.json", &ipam))
+            }
+            ("GET", p) if p == nads => Reply::Json(200, fixture("nads-list.json", &ipam)),
             ("GET", "/api/v1/namespaces/default/pods/c") => {
-                (200, fixture("pod-default-c-metadata.json", ipam))
+                Reply::Json(200, fixture("pod-default-c-metadata.json", &ipam))
             }
             ("PATCH", p) if p.starts_with("/api/v1/namespaces/default/pods/") => {
-                (200, fixture("pod-default-a.json", ipam))
+                Reply::Json(200, fixture("pod-default-a.json", &ipam))
             }
-            _ => (
-                404,
-                json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404})
-                    .to_string(),
-            ),
-        };
-        let reason = if status == 200 { "OK" } else { "Not Found" };
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        );
-    }
+            _ => Reply::not_found(),
+        }
+    })
 }
 
 /// A GET on the agent's HTTP endpoint (in the node namespace).
@@ -234,14 +89,6 @@ fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn free_port(node: &Node) -> u16 {
-    netattach::netns::run_in(std::path::Path::new(&node.ns.path()), || {
-        TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().unwrap().port())
-    })
-    .unwrap()
-    .unwrap()
-}
-
 fn add(node: &Node, pod: &Netns, name: &str, uid: &str, conf: &Value) -> common::Outcome {
     node.call_env(
         "ADD",
@@ -261,9 +108,9 @@ fn add(node: &Node, pod: &Netns, name: &str, uid: &str, conf: &Value) -> common:
 #[test]
 fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
     let mut node = Node::new();
-    let api = FakeApi::start(&node);
+    let api = start_api(&node);
     let kubeconfig = api.kubeconfig(node.dir.path());
-    let port = free_port(&node);
+    let port = node.free_port();
     node.start_agent(&[
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
@@ -401,7 +248,7 @@ fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
 fn api_down_means_not_ready_and_add_retries_later() {
     let mut node = Node::new();
     // A kubeconfig pointing at a port nothing listens on.
-    let dead = free_port(&node);
+    let dead = node.free_port();
     let kubeconfig = node.dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -410,7 +257,7 @@ fn api_down_means_not_ready_and_add_retries_later() {
         ),
     )
     .unwrap();
-    let port = free_port(&node);
+    let port = node.free_port();
     node.start_agent(&[
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),

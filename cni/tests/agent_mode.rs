@@ -195,9 +195,10 @@ fn install_wraps_the_default_network_and_uninstall_removes_it() {
     let list: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&conf_file).unwrap()).unwrap();
     assert_eq!(list["plugins"][0]["clusterNetwork"], default);
+    // The delegate's capabilities, and the pod's DNS for binding plugins.
     assert_eq!(
         list["plugins"][0]["capabilities"],
-        json!({"portMappings": true})
+        json!({"portMappings": true, "dns": true})
     );
 
     // What a runtime hands the first plugin of that list.

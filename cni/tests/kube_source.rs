@@ -1,7 +1,7 @@
 //! The Kubernetes API source (kube-rs) against recorded API responses.
 //!
-//! No kube-apiserver can run on this machine, so a small HTTP server in this
-//! test answers with API responses in the exact shape kube-apiserver returns
+//! No kube-apiserver can run on this machine, so a small HTTP server
+//! (common/fake_api.rs) answers with API responses in the exact shape kube-apiserver returns
 //! (tests/fixtures/kube) and records the requests it gets. Everything else is
 //! real: the plugin binary, the kube-rs client, namespaces and reference plugins.
 
@@ -9,135 +9,31 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-
+use common::fake_api::{fixture, FakeApi, Reply};
 use common::{Netns, Node};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    content_type: String,
-    body: String,
-}
-
-/// A fake API server: answers GETs from fixtures, PATCHes with the pod.
-struct FakeApi {
-    port: u16,
-    requests: Arc<Mutex<Vec<Request>>>,
-}
-
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/kube/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-}
-
-impl FakeApi {
-    /// Listens on the loopback of `node`'s namespace, where the plugin runs.
-    fn start(node: &Node, pod_uid: &str) -> Self {
-        let ipam = node.ipam().to_str().unwrap().to_string();
-        let ipam = ipam.as_str();
-        let listener = bind_in(node);
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let pod =
-            fixture("pod-default-a.json").replace("6f1c3a52-9d7e-4b1a-8f0e-2b8c4a1d9e01", pod_uid);
-        let nad = fixture("nad-default-blue.json").replace("@IPAM@", ipam);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let (seen, pod, nad) = (seen.clone(), pod.clone(), nad.clone());
-                std::thread::spawn(move || serve(stream, &seen, &pod, &nad));
-            }
-        });
-        FakeApi { port, requests }
-    }
-
-    fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{token: test-token}}\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        path
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-fn bind_in(node: &Node) -> TcpListener {
-    netattach::netns::run_in(std::path::Path::new(&node.ns.path()), || {
-        TcpListener::bind("127.0.0.1:0")
-    })
-    .unwrap()
-    .unwrap()
-}
-
-fn serve(stream: std::net::TcpStream, seen: &Mutex<Vec<Request>>, pod: &str, nad: &str) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let (mut length, mut content_type) = (0usize, String::new());
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap_or((h, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "content-type" => content_type = v.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let path_only = path.split('?').next().unwrap_or_default().to_string();
-        seen.lock().unwrap().push(Request {
-            method: method.clone(),
-            path: path_only.clone(),
-            content_type,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
+/// The API as the plugin sees it in direct mode: GET of pod a (its UID
+/// set to `pod_uid`) and of NAD blue, 404 for other NADs, the PATCH of the
+/// pod's status.
+fn start_api(node: &Node, pod_uid: &str) -> FakeApi {
+    let ipam = node.ipam().to_str().unwrap().to_string();
+    let pod = fixture("pod-default-a.json", &ipam)
+        .replace("6f1c3a52-9d7e-4b1a-8f0e-2b8c4a1d9e01", pod_uid);
+    let nad = fixture("nad-default-blue.json", &ipam);
+    FakeApi::start(node, move |req| {
         let nads = "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/";
-        let (status, text) = match (method.as_str(), path_only.as_str()) {
-            ("GET", "/api/v1/namespaces/default/pods/a") => (200, pod.to_string()),
-            ("PATCH", "/api/v1/namespaces/default/pods/a/status") => (200, pod.to_string()),
-            ("GET", p) if p == format!("{nads}blue") => (200, nad.to_string()),
-            ("GET", p) if p.starts_with(nads) => {
-                (404, fixture("nad-not-found.json").replace("@NAME@", &p[nads.len()..]))
-            }
-            _ => (404, json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}).to_string()),
-        };
-        let reason = if status == 200 { "OK" } else { "Not Found" };
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        );
-    }
+        match (req.method.as_str(), req.path()) {
+            ("GET", "/api/v1/namespaces/default/pods/a") => Reply::Json(200, pod.clone()),
+            ("PATCH", "/api/v1/namespaces/default/pods/a/status") => Reply::Json(200, pod.clone()),
+            ("GET", p) if p == format!("{nads}blue") => Reply::Json(200, nad.clone()),
+            ("GET", p) if p.starts_with(nads) => Reply::Json(
+                404,
+                fixture("nad-not-found.json", &ipam).replace("@NAME@", &p[nads.len()..]),
+            ),
+            _ => Reply::not_found(),
+        }
+    })
 }
 
 fn kube_conf(node: &Node, kubeconfig: &std::path::Path) -> Value {
@@ -151,7 +47,7 @@ fn kube_conf(node: &Node, kubeconfig: &std::path::Path) -> Value {
 fn add_reads_pod_and_nads_from_the_api_and_patches_network_status() {
     let node = Node::new();
     let uid = "6f1c3a52-9d7e-4b1a-8f0e-2b8c4a1d9e01";
-    let api = FakeApi::start(&node, uid);
+    let api = start_api(&node, uid);
     let conf = kube_conf(&node, &api.kubeconfig(node.dir.path()));
     let pod = Netns::new("vlpa");
     node.call_env(
@@ -179,7 +75,7 @@ fn add_reads_pod_and_nads_from_the_api_and_patches_network_status() {
         .iter()
         .find(|r| r.method == "PATCH")
         .expect("network-status patched");
-    assert_eq!(patch.path, "/api/v1/namespaces/default/pods/a/status");
+    assert_eq!(patch.path(), "/api/v1/namespaces/default/pods/a/status");
     assert_eq!(patch.content_type, "application/merge-patch+json");
     let body: Value = serde_json::from_str(&patch.body).unwrap();
     let status: Value = serde_json::from_str(
@@ -198,7 +94,7 @@ fn add_reads_pod_and_nads_from_the_api_and_patches_network_status() {
         .starts_with("10.71.0."));
     assert!(
         reqs.iter()
-            .any(|r| r.method == "GET" && r.path.ends_with("network-attachment-definitions/blue")),
+            .any(|r| r.method == "GET" && r.path().ends_with("network-attachment-definitions/blue")),
         "{reqs:?}"
     );
 
@@ -215,7 +111,7 @@ fn add_reads_pod_and_nads_from_the_api_and_patches_network_status() {
 #[test]
 fn api_errors_map_to_cni_codes() {
     let node = Node::new();
-    let api = FakeApi::start(&node, "uid-1");
+    let api = start_api(&node, "uid-1");
     let conf = kube_conf(&node, &api.kubeconfig(node.dir.path()));
     let pod = Netns::new("vlpa");
 
@@ -253,7 +149,7 @@ fn api_errors_map_to_cni_codes() {
     );
 
     // The API server is down: try again later.
-    let dead = bind_in(&node).local_addr().unwrap().port();
+    let dead = node.free_port();
     let kc = node.dir.path().join("dead-kubeconfig");
     std::fs::write(
         &kc,

@@ -108,7 +108,8 @@ pub struct Bound {
 /// `macAddress`, if any; otherwise the guest takes the pod interface's MAC.
 ///
 /// Usually the pod interface then gets a new random MAC (as KubeVirt does).
-/// A macvlan interface keeps its MAC instead (set to `guest_mac` when given):
+/// A macvlan interface, or any interface with `keep_mac`, keeps its MAC
+/// instead (set to `guest_mac` when given):
 /// its parent only delivers frames addressed to it, so the guest shares it
 /// and the bridge's own FDB entry for it is removed, which makes the bridge
 /// forward those frames to the tap.
@@ -118,6 +119,7 @@ pub fn bind(
     index: usize,
     owner: Option<u32>,
     guest_mac: Option<Mac>,
+    keep_mac: bool,
 ) -> Result<Bound> {
     let n = Netlink::new().map_err(nl("open netlink"))?;
     let pod = n
@@ -142,10 +144,11 @@ pub fn bind(
             mtu: pod.mtu,
         },
     };
-    let keep_mac = pod
-        .kind
-        .as_deref()
-        .is_some_and(|k| KEEP_MAC_KINDS.contains(&k));
+    let keep_mac = keep_mac
+        || pod
+            .kind
+            .as_deref()
+            .is_some_and(|k| KEEP_MAC_KINDS.contains(&k));
     let guest = guest_mac.unwrap_or(saved.mac);
     n.add_bridge(&br_name).map_err(nl("create bridge"))?;
     let br = link(&n, &br_name, "find bridge")?;

@@ -16,6 +16,7 @@ pub mod launcher;
 pub mod mac;
 pub mod masquerade;
 pub mod netlink;
+pub mod plugin;
 pub mod spec;
 pub mod sriov;
 pub mod tap;
@@ -53,7 +54,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn step<E: std::error::Error + Send + Sync + 'static>(
+pub(crate) fn step<E: std::error::Error + Send + Sync + 'static>(
     iface: &str,
     step: &'static str,
 ) -> impl FnOnce(E) -> Error {
@@ -139,7 +140,7 @@ pub struct BoundInterface {
 
 /// A server answering one guest on its device.
 #[derive(Debug)]
-enum Server {
+pub(crate) enum Server {
     Dhcp(dhcp::DhcpServer),
     Ipv6(dhcpv6::Ipv6Server),
 }
@@ -152,7 +153,7 @@ impl Server {
         }
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         match self {
             Server::Dhcp(s) => s.stop(),
             Server::Ipv6(s) => s.stop(),
@@ -284,7 +285,12 @@ pub fn bind(
         dhcp::Resolv::default()
     };
     for p in &plan {
-        match bind_one(vm, p, pod_netns, opts, &resolv) {
+        let target = Target {
+            tap: tap_name(p.index),
+            pin_dir: pin_dir(&opts.bpffs_root, vm, pod_netns, &p.name),
+            keep_pod_mac: false,
+        };
+        match bind_one(vm, p, &target, pod_netns, opts, &resolv) {
             Ok((iface, servers)) => {
                 binding.interfaces.push(iface);
                 binding.servers.extend(servers);
@@ -303,15 +309,29 @@ pub fn bind(
     Ok(binding)
 }
 
-fn bind_one(
+/// Where one VM interface's binding puts its kernel objects.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The guest's tap.
+    pub(crate) tap: String,
+    /// The eBPF datapath's pins (masquerade).
+    pub(crate) pin_dir: PathBuf,
+    /// Bridge binding: the pod interface keeps its MAC, which the guest
+    /// shares (KubeVirt's tap domain attachment copies the pod interface's
+    /// MAC to the guest after the binding ran; see [`plugin`]).
+    pub(crate) keep_pod_mac: bool,
+}
+
+pub(crate) fn bind_one(
     vm: &Vm,
     p: &PlannedInterface,
+    target: &Target,
     netns: &Path,
     opts: &BindOptions,
     resolv: &dhcp::Resolv,
 ) -> Result<(BoundInterface, Vec<Server>)> {
     let mut mac = guest_mac(vm, p)?;
-    let tap = tap_name(p.index);
+    let tap = target.tap.clone();
     let mut out = BoundInterface {
         name: p.name.clone(),
         network: p.network.clone(),
@@ -375,15 +395,16 @@ fn bind_one(
             return Ok((out, Vec::new()));
         }
         BindingKind::Bridge => {
-            let (pod_if, tap2, index, owner) = (
+            let (pod_if, tap2, index, owner, keep) = (
                 p.pod_interface.clone(),
                 tap.clone(),
                 p.index,
                 opts.tap_owner,
+                target.keep_pod_mac,
             );
             let spec_mac = p.mac.as_ref().map(|_| mac);
             let bound = netattach::netns::run_in(netns, move || {
-                bridge::bind(&pod_if, &tap2, index, owner, spec_mac)
+                bridge::bind(&pod_if, &tap2, index, owner, spec_mac, keep)
             })?
             .map_err(step(&p.name, "bridge binding"))?;
             let saved = bound.saved;
@@ -452,7 +473,7 @@ fn bind_one(
                     virtlink_xdp::bpffs::ensure_mounted(&opts.bpffs_root)
                         .map_err(step(&p.name, "mount bpffs"))?;
                     Some(EbpfMasquerade {
-                        pin_dir: pin_dir(&opts.bpffs_root, vm, netns, &p.name),
+                        pin_dir: target.pin_dir.clone(),
                         guest_mac: mac,
                         istio: opts.istio,
                     })
@@ -593,9 +614,9 @@ fn masquerade_bind(
     }
     n.set_up(&t).map_err(step(iface, "set tap up"))?;
     masquerade::enable_forwarding(v6.is_some()).map_err(step(iface, "enable forwarding"))?;
-    // With eBPF in Istio mode the programs translate IPv4 after the stack
-    // (TC egress), so netfilter must not masquerade it first.
-    let istio_ebpf = ebpf.as_ref().is_some_and(|e| e.istio) && pod_v4.is_some();
+    // With eBPF in Istio mode the programs translate after the stack (TC
+    // egress), so netfilter must not masquerade those families first.
+    let istio_ebpf = ebpf.as_ref().is_some_and(|e| e.istio);
     let rules = masquerade::Ruleset {
         table,
         pod_if: pod_if.to_string(),
@@ -605,19 +626,38 @@ fn masquerade_bind(
         guest_v4: guest,
         guest_v6: v6.map(|(_, g)| g),
         forward: forward.clone(),
-        masquerade_v4: !istio_ebpf,
+        masquerade_v4: !(istio_ebpf && pod_v4.is_some()),
+        masquerade_v6: !(istio_ebpf && pod_v6.is_some()),
     };
     masquerade::load(&rules).map_err(step(iface, "load nftables ruleset"))?;
     if let Some(e) = ebpf {
-        match pod_v4 {
-            Some(pod_ip) => {
+        let ipv4 = pod_v4.map(|pod| virtlink_xdp::nat::Addrs {
+            pod,
+            guest,
+            gateway: gw,
+        });
+        let ipv6 = match (pod_v6, v6) {
+            (Some(pod), Some((gateway, guest))) => Some(virtlink_xdp::nat::Addrs {
+                pod,
+                guest,
+                gateway,
+            }),
+            _ => None,
+        };
+        match (ipv4, ipv6) {
+            (None, None) => tracing::warn!(
+                iface,
+                "no address on the pod interface: eBPF datapath not attached"
+            ),
+            (ipv4, ipv6) => {
                 let spec = virtlink_xdp::nat::NatSpec {
                     pod_interface: pod_if.to_string(),
                     guest_interface: tap_name.to_string(),
-                    pod_ip,
-                    guest_ip: guest,
-                    gateway_ip: gw,
+                    ipv4,
+                    ipv6,
                     guest_mac: e.guest_mac.0,
+                    // The gateway addresses are on the tap itself.
+                    gateway_mac: None,
                     anti_spoof: true,
                     forward: match forward {
                         masquerade::Forward::All => virtlink_xdp::nat::Forward::All,
@@ -642,10 +682,6 @@ fn masquerade_bind(
                 };
                 virtlink_xdp::nat::attach(&spec).map_err(step(iface, "attach eBPF masquerade"))?;
             }
-            None => tracing::warn!(
-                iface,
-                "no IPv4 on the pod interface: eBPF datapath not attached"
-            ),
         }
     }
     let tap_mac = t.mac.ok_or_else(|| Error::Step {

@@ -23,9 +23,10 @@ pub const ISTIO_PORTS: [u16; 10] = virtlink_xdp::common::ENVOY_PORTS;
 pub enum Datapath {
     /// An nftables table in the pod namespace (netfilter NAT, conntrack).
     Nftables,
-    /// virtlink's eBPF programs (xdp/, docs/xdp.md) for IPv4; the nftables
-    /// table stays for IPv6 and for the IPv4 packets the programs pass on
-    /// (fragments, ICMP errors).
+    /// virtlink's eBPF programs (xdp/, docs/xdp.md) for IPv4 and IPv6; the
+    /// nftables table stays for the packets the programs pass on
+    /// (fragments, IPv6 extension headers, ICMP errors about untracked
+    /// flows).
     #[default]
     Ebpf,
 }
@@ -130,6 +131,8 @@ pub struct Ruleset {
     /// Masquerade the guest's IPv4 traffic (off when eBPF translates it after
     /// the stack, in Istio mode).
     pub masquerade_v4: bool,
+    /// The same for IPv6.
+    pub masquerade_v6: bool,
 }
 
 /// `virtlink-<iface>`, with characters nft identifiers do not allow replaced.
@@ -203,7 +206,7 @@ impl Ruleset {
                 self.tap, self.pod_if, self.guest_v4
             ));
         }
-        if let Some(g) = self.guest_v6 {
+        if let (Some(g), true) = (self.guest_v6, self.masquerade_v6) {
             snat.push(format!(
                 "iifname \"{}\" oifname \"{}\" ip6 saddr {g} masquerade",
                 self.tap, self.pod_if
@@ -314,6 +317,7 @@ mod tests {
             guest_v6: None,
             forward,
             masquerade_v4: true,
+            masquerade_v6: true,
         }
     }
 
@@ -404,6 +408,10 @@ mod tests {
         let s = r.script();
         assert!(!s.contains("ip saddr"), "{s}");
         assert!(s.contains("ip6 saddr fd10:0:2::2 masquerade"), "{s}");
+        r.masquerade_v6 = false;
+        let s = r.script();
+        assert!(!s.contains("masquerade"), "{s}");
+        assert!(s.contains("dnat ip6 to [fd10:0:2::2]"), "{s}");
     }
 
     #[test]

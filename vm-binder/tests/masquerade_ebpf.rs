@@ -5,11 +5,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use common::{parse_udp, udp_frame, FakeGuest, Pod, NET_IP, POD_IP};
+use common::{
+    parse_udp, parse_udp6, udp6_frame, udp_frame, FakeGuest, Pod, NET_IP, NET_IP6, POD_IP, POD_IP6,
+};
 use virtlink_xdp::common::Counter;
 use vm_binder::masquerade::Datapath;
 use vm_binder::{bind, BindOptions, Vm};
@@ -169,6 +171,138 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
     assert!(!pins.exists(), "pins left after unbind");
     let left = netattach::netns::run_in(&pod.pod.path, || virtlink_xdp::tcx_programs("eth0"))??;
     assert!(left.is_empty(), "programs left on eth0: {left:?}");
+    Ok(())
+}
+
+/// Reads frames from the tap until an IPv6 UDP one to `dport` arrives.
+fn recv_udp6(guest: &mut FakeGuest, dport: u16) -> Result<(Ipv6Addr, Vec<u8>)> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        match guest.tap.read(&mut buf) {
+            Ok(n) => {
+                if let Some((src, p, payload)) = parse_udp6(&buf[..n]) {
+                    if p == dport {
+                        return Ok((src, payload.to_vec()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("no IPv6 UDP frame to port {dport}")
+}
+
+/// A dual-stack pod: the programs translate the guest's IPv6 to the pod's
+/// IPv6 address (NAT66), the nftables table keeps IPv6 only as the
+/// fallback for what the programs pass, and a forged IPv6 source is dropped.
+#[test]
+fn ebpf_masquerade_translates_ipv6() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    ipv6(false)
+}
+
+/// The same on a pod with IPv6 only: the programs are attached for IPv6
+/// alone.
+#[test]
+fn ebpf_masquerade_on_an_ipv6_only_pod() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    ipv6(true)
+}
+
+fn ipv6(only: bool) -> Result<()> {
+    let pod = Pod::new()?;
+    pod.add_ipv6()?;
+    if only {
+        pod.pod
+            .ip(&["addr", "del", &format!("{POD_IP}/24"), "dev", "eth0"])?;
+    }
+    let bpffs = Bpffs::new()?;
+    let vm = vm()?;
+    let opts = BindOptions {
+        datapath: Datapath::Ebpf,
+        bpffs_root: bpffs.0.path().to_path_buf(),
+        dhcp: false,
+        ..Default::default()
+    };
+    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
+    let pinned = virtlink_xdp::nat::Pinned::open(&pins)?;
+    let cfg = pinned.config()?;
+    assert_ne!(cfg.pod_ip6, [0; 4], "IPv6 not configured in the programs");
+    assert_eq!(
+        cfg.flags & (virtlink_xdp::common::FLAG_V4 | virtlink_xdp::common::FLAG_V6),
+        if only {
+            virtlink_xdp::common::FLAG_V6
+        } else {
+            virtlink_xdp::common::FLAG_V4 | virtlink_xdp::common::FLAG_V6
+        }
+    );
+    let mac = binding.interfaces[0].mac.0;
+    let tap_mac: vm_binder::Mac = pod
+        .pod
+        .link("tap0")
+        .and_then(|l| l["address"].as_str().map(str::to_string))
+        .unwrap_or_default()
+        .parse()?;
+    let mut guest = FakeGuest::attach(&pod.pod.path, "tap0", mac)?;
+    let net: Ipv6Addr = NET_IP6.parse()?;
+    let server = netattach::netns::run_in(&pod.net.path, move || {
+        UdpSocket::bind(SocketAddr::from((net, 7777)))
+    })??;
+    server.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let guest_ip: Ipv6Addr = "fd10:0:2::2".parse()?;
+    guest.tap.write_all(&udp6_frame(
+        mac, tap_mac.0, guest_ip, net, 5555, 7777, b"hi6",
+    ))?;
+    let mut buf = [0u8; 64];
+    let (n, from) = server.recv_from(&mut buf)?;
+    assert_eq!(&buf[..n], b"hi6");
+    assert_eq!(from.ip().to_string(), POD_IP6);
+    let range = virtlink_xdp::nat::DEFAULT_NAT_PORTS;
+    assert!((range.0..=range.1).contains(&from.port()), "{from}");
+    server.send_to(b"re6", from)?;
+    let (src, payload) = recv_udp6(&mut guest, 5555)?;
+    assert_eq!((src, payload.as_slice()), (net, &b"re6"[..]));
+    assert!(pinned.counter(Counter::OutPackets6)? >= 1);
+    assert!(pinned.counter(Counter::InPackets6)? >= 1);
+
+    // A forged IPv6 source: dropped and counted.
+    guest.tap.write_all(&udp6_frame(
+        mac,
+        tap_mac.0,
+        "fd10:0:2::99".parse()?,
+        net,
+        5555,
+        7777,
+        b"forged",
+    ))?;
+    server.set_read_timeout(Some(Duration::from_millis(700)))?;
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "forged frame got through"
+    );
+    assert_eq!(pinned.counter(Counter::DropSpoofIp)?, 1);
+
+    // nftables keeps IPv6 only for what the programs pass on.
+    let table = pod
+        .pod
+        .exec("nft", &["list", "table", "inet", "virtlink-default"])?;
+    assert!(
+        table.contains("ip6 saddr fd10:0:2::2 masquerade"),
+        "{table}"
+    );
+
+    drop(guest);
+    binding.unbind(&vm, &[])?;
+    assert!(!pins.exists(), "pins left after unbind");
     Ok(())
 }
 

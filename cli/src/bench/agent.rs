@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::cni::{ms, percentile, setup, verdict, PodNamespaces, Setup, POD_ARGS};
-use crate::runtime::{self, call_cni};
+use super::cni::{cpu_model, ms, percentile, setup, verdict, PodNamespaces, Setup, POD_ARGS};
+use crate::runtime::call_cni;
 
 /// The agent process; killed on drop.
 struct AgentProcess(Child);
@@ -86,15 +86,8 @@ pub fn run(rounds: usize, burst: usize, max_in_flight: usize) -> Result<()> {
     let mut via_agent = s.conf.clone();
     via_agent["daemonSocket"] = json!(socket);
     let plugin = s.bin.join("virtlink-cni");
-    let pods = PodNamespaces(
-        (0..burst.max(2))
-            .map(|i| format!("vl-benchag-{}-{i}", std::process::id()))
-            .collect(),
-    );
-    for n in &pods.0 {
-        netattach::netns::create(n).with_context(|| format!("create {n}"))?;
-    }
-    let netns = |i: usize| format!("{}/{}", netattach::netns::NETNS_RUN_DIR, pods.0[i]);
+    let pods = PodNamespaces::create("vl-benchag", burst.max(2))?;
+    let netns = |i: usize| pods.path(i);
     let call = |cmd: &str, cid: &str, ns: &str, conf: &serde_json::Value| -> Result<Duration> {
         let c = call_cni(
             &plugin,
@@ -204,32 +197,11 @@ pub fn run(rounds: usize, burst: usize, max_in_flight: usize) -> Result<()> {
     let peak = agent.kib("VmHWM:");
     let (deleted, _, del_time) = burst_run("DEL");
     let rss_after = agent.kib("VmRSS:");
-    let leftover_ips = std::fs::read_dir(s.dir.path().join("ipam"))
-        .map(|d| {
-            d.flatten()
-                .flat_map(|n| std::fs::read_dir(n.path()).into_iter().flatten().flatten())
-                .filter(|f| {
-                    f.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    let (_, links) = runtime::in_netns(&s.node, &["ip", "-o", "link", "show", "type", "veth"]);
-    let leftover_links = links.lines().count();
+    let (leftover_ips, leftover_links) = s.leftovers();
 
     let peak_mib = peak as f64 / 1024.0;
     let overhead = percentile(&diff, 0.5);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
     println!("### Agent: ADD of a pod with three networks, through the agent and direct\n");
     println!(
         "Machine: {} cores, {cpu}. Command: `virtlink bench agent --rounds {rounds} --burst {burst} --max-in-flight {max_in_flight}`\n",

@@ -75,6 +75,28 @@ pub(super) fn setup() -> Result<Setup> {
     })
 }
 
+impl Setup {
+    /// What the pods left behind: IPs host-local still holds, veths on the node.
+    pub(super) fn leftovers(&self) -> (usize, usize) {
+        let ips = std::fs::read_dir(self.dir.path().join("ipam"))
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|n| std::fs::read_dir(n.path()).into_iter().flatten().flatten())
+                    .filter(|f| {
+                        f.file_name()
+                            .to_string_lossy()
+                            .parse::<std::net::IpAddr>()
+                            .is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        let (_, links) =
+            runtime::in_netns(&self.node, &["ip", "-o", "link", "show", "type", "veth"]);
+        (ips, links.lines().count())
+    }
+}
+
 pub(super) const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench";
 
 /// ADD then DEL through virtlink-cni; returns the time and the plugin's peak RSS.
@@ -161,7 +183,39 @@ pub(super) fn ms(d: Duration) -> f64 {
 }
 
 /// Named pod namespaces that are removed on drop.
-pub(super) struct PodNamespaces(pub(super) Vec<String>);
+pub(super) struct PodNamespaces(Vec<String>);
+
+impl PodNamespaces {
+    /// `n` namespaces `<prefix>-<pid>-<i>`.
+    pub(super) fn create(prefix: &str, n: usize) -> Result<Self> {
+        let me = PodNamespaces(
+            (0..n)
+                .map(|i| format!("{prefix}-{}-{i}", std::process::id()))
+                .collect(),
+        );
+        for name in &me.0 {
+            netattach::netns::create(name).with_context(|| format!("create {name}"))?;
+        }
+        Ok(me)
+    }
+
+    /// The `i`th namespace's path (CNI_NETNS).
+    pub(super) fn path(&self, i: usize) -> String {
+        format!("{}/{}", netattach::netns::NETNS_RUN_DIR, self.0[i])
+    }
+}
+
+/// The CPU, for the benchmark table's machine line.
+pub(super) fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
 
 impl Drop for PodNamespaces {
     fn drop(&mut self) {
@@ -173,15 +227,8 @@ impl Drop for PodNamespaces {
 
 pub fn run(rounds: usize, concurrent: usize) -> Result<()> {
     let s = setup()?;
-    let pods = PodNamespaces(
-        (0..concurrent.max(2))
-            .map(|i| format!("vl-bench-{}-{i}", std::process::id()))
-            .collect(),
-    );
-    for n in &pods.0 {
-        netattach::netns::create(n).with_context(|| format!("create {n}"))?;
-    }
-    let netns = |i: usize| format!("{}/{}", netattach::netns::NETNS_RUN_DIR, pods.0[i]);
+    let pods = PodNamespaces::create("vl-bench", concurrent.max(2))?;
+    let netns = |i: usize| pods.path(i);
 
     eprintln!("warming up (plugin version cache, page cache)...");
     through_virtlink(&s, "warm-v", &netns(0), true)?;
@@ -256,33 +303,12 @@ pub fn run(rounds: usize, concurrent: usize) -> Result<()> {
     };
     let (added, add_time) = burst("ADD")?;
     let (deleted, del_time) = burst("DEL")?;
-    let leftover_ips = std::fs::read_dir(s.dir.path().join("ipam"))
-        .map(|d| {
-            d.flatten()
-                .flat_map(|n| std::fs::read_dir(n.path()).into_iter().flatten().flatten())
-                .filter(|f| {
-                    f.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    let (_, links) = runtime::in_netns(&s.node, &["ip", "-o", "link", "show", "type", "veth"]);
-    let leftover_links = links.lines().count();
+    let (leftover_ips, leftover_links) = s.leftovers();
 
     let overhead = percentile(&par_diff, 0.5);
     let seq_overhead = percentile(&seq_diff, 0.5);
     let rss_mb = peak_rss as f64 / 1024.0;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
     println!(
         "### CNI: ADD+DEL of a pod with three networks (bridge, bridge, ptp; host-local IPAM)\n"
     );

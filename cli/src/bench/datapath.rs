@@ -21,15 +21,23 @@
 //! iperf3 UDP with 64-byte payloads, sockperf TCP ping-pong RTT, and a
 //! sequential connect/send/receive/close loop. Generators run on CPU 0,
 //! servers on CPU 1. Medians of the rounds, as ratios to the bare pair.
+//!
+//! Every path also carries IPv6 (guest `fd10:0:2::2` behind `fd10:0:2::1`,
+//! pod `fd99::5`, peer `fd99::1`; the bare and redirect paths put the guest
+//! on the peer's subnet as `fd99::2`): iperf3 TCP and a TCP ping-pong RTT
+//! (64 bytes, measured in-process: the installed sockperf has no IPv6) over
+//! IPv6, with the eBPF masquerade translating NAT66 and the nftables ruleset
+//! its `ip6` rules.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::{ip, median, sh};
 use anyhow::{bail, Context, Result};
 
 const GUEST_IP: &str = "10.0.2.2";
@@ -41,6 +49,13 @@ const BARE_IP: &str = "10.99.0.2";
 const IPERF_PORT: u16 = 5201;
 const SOCKPERF_PORT: u16 = 11111;
 const CONN_PORT: u16 = 7070;
+const RTT6_PORT: u16 = 7071;
+const GUEST_IP6: &str = "fd10:0:2::2";
+const GATEWAY_IP6: &str = "fd10:0:2::1";
+const POD_IP6: &str = "fd99::5";
+const PEER_IP6: &str = "fd99::1";
+/// The guest's IPv6 address on the bare pair and the redirect wire.
+const BARE_IP6: &str = "fd99::2";
 
 /// A path through (or around) the pod namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,34 +97,13 @@ struct Topology {
     peer: String,
     /// The server address the guest sends to.
     target: Ipv4Addr,
+    /// The same over IPv6.
+    target6: Ipv6Addr,
     servers: Vec<Child>,
     /// The untranslated redirect programs, attached while this lives.
     redirect: Option<virtlink_xdp::redirect::RedirectPeer>,
     /// The bpffs mount and pin directory of the eBPF masquerade.
     ebpf: Option<(PathBuf, PathBuf)>,
-}
-
-fn sh(ns: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("run {} in {ns}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{} in {ns}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(ns: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["ip"];
-    all.extend_from_slice(args);
-    sh(ns, &all)
 }
 
 fn new_ns(name: &str) -> Result<String> {
@@ -152,6 +146,7 @@ impl Topology {
             pod: None,
             peer,
             target: PEER_IP.parse()?,
+            target6: PEER_IP6.parse()?,
             servers: Vec::new(),
             redirect: None,
             ebpf: None,
@@ -163,6 +158,9 @@ impl Topology {
 
     fn wire(&mut self) -> Result<()> {
         let (g, w) = (self.guest.clone(), self.peer.clone());
+        let addr6 = |ns: &str, a: &str, dev: &str| -> Result<()> {
+            ip(ns, &["addr", "add", a, "dev", dev, "nodad"]).map(|_| ())
+        };
         if self.path == Path::Bare {
             veth(&g, "g0", &w, "eth0")?;
             ip(&g, &["addr", "add", &format!("{BARE_IP}/24"), "dev", "g0"])?;
@@ -170,6 +168,8 @@ impl Topology {
                 &w,
                 &["addr", "add", &format!("{PEER_IP}/24"), "dev", "eth0"],
             )?;
+            addr6(&g, &format!("{BARE_IP6}/64"), "g0")?;
+            addr6(&w, &format!("{PEER_IP6}/64"), "eth0")?;
         } else {
             let p = new_ns(&format!("{}p", &g[..g.len() - 1]))?;
             self.pod = Some(p.clone());
@@ -179,10 +179,18 @@ impl Topology {
                 // A wire through the pod namespace: the guest and the peer
                 // share a subnet (frames keep their MACs, ARP passes).
                 ip(&g, &["addr", "add", &format!("{BARE_IP}/24"), "dev", "g0"])?;
+                addr6(&g, &format!("{BARE_IP6}/64"), "g0")?;
             } else {
                 ip(&g, &["addr", "add", &format!("{GUEST_IP}/24"), "dev", "g0"])?;
                 ip(&g, &["route", "add", "default", "via", GATEWAY_IP])?;
+                addr6(&g, &format!("{GUEST_IP6}/120"), "g0")?;
+                ip(&g, &["-6", "route", "add", "default", "via", GATEWAY_IP6])?;
             }
+            addr6(&p, &format!("{GATEWAY_IP6}/120"), "tap0")?;
+            addr6(&p, &format!("{POD_IP6}/64"), "eth0")?;
+            ip(&p, &["-6", "route", "add", "default", "via", PEER_IP6])?;
+            addr6(&w, &format!("{PEER_IP6}/64"), "eth0")?;
+            sh(&p, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
             ip(
                 &p,
                 &["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "tap0"],
@@ -197,6 +205,10 @@ impl Topology {
             match self.path {
                 Path::Routed => {
                     ip(&w, &["route", "add", "10.0.2.0/24", "via", POD_IP])?;
+                    ip(
+                        &w,
+                        &["-6", "route", "add", "fd10:0:2::/120", "via", POD_IP6],
+                    )?;
                 }
                 Path::Nftables => {
                     // Exactly the binder's ruleset (all ports forwarded in).
@@ -205,11 +217,12 @@ impl Topology {
                         pod_if: "eth0".into(),
                         tap: "tap0".into(),
                         pod_v4: Some(POD_IP.parse()?),
-                        pod_v6: None,
+                        pod_v6: Some(POD_IP6.parse()?),
                         guest_v4: GUEST_IP.parse()?,
-                        guest_v6: None,
+                        guest_v6: Some(GUEST_IP6.parse()?),
                         forward: vm_binder::masquerade::Forward::All,
                         masquerade_v4: true,
+                        masquerade_v6: true,
                     };
                     let netns = PathBuf::from("/run/netns").join(&p);
                     netattach::netns::run_in(&netns, move || vm_binder::masquerade::load(&rules))?
@@ -217,6 +230,7 @@ impl Topology {
                 }
                 Path::Redirect => {
                     sh(&p, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+                    sh(&p, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
                     let netns = PathBuf::from("/run/netns").join(&p);
                     let r = netattach::netns::run_in(&netns, || {
                         virtlink_xdp::redirect::attach_redirect_peer(&[
@@ -247,6 +261,7 @@ impl Topology {
         let pin_dir = virtlink_xdp::bpffs::pod_dir(&root, p);
         self.ebpf = Some((root, pin_dir.clone()));
         sh(p, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+        sh(p, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
         let link: serde_json::Value = serde_json::from_str(&ip(g, &["-j", "link", "show", "g0"])?)?;
         let mac: vm_binder::mac::Mac = link[0]["address"]
             .as_str()
@@ -256,10 +271,18 @@ impl Topology {
         let spec = virtlink_xdp::nat::NatSpec {
             pod_interface: "eth0".into(),
             guest_interface: "tap0".into(),
-            pod_ip: POD_IP.parse()?,
-            guest_ip: GUEST_IP.parse()?,
-            gateway_ip: GATEWAY_IP.parse()?,
+            ipv4: Some(virtlink_xdp::nat::Addrs {
+                pod: POD_IP.parse()?,
+                guest: GUEST_IP.parse()?,
+                gateway: GATEWAY_IP.parse()?,
+            }),
+            ipv6: Some(virtlink_xdp::nat::Addrs {
+                pod: POD_IP6.parse()?,
+                guest: GUEST_IP6.parse()?,
+                gateway: GATEWAY_IP6.parse()?,
+            }),
             guest_mac: mac.octets(),
+            gateway_mac: None,
             anti_spoof: true,
             forward: virtlink_xdp::nat::Forward::All,
             istio: false,
@@ -333,6 +356,9 @@ struct Sample {
     udp_pps: f64,
     rtt_us: f64,
     conn_per_s: f64,
+    /// IPv6: iperf3 TCP and the in-process TCP ping-pong.
+    tcp6_gbps: f64,
+    rtt6_us: f64,
 }
 
 /// Busy and total jiffies of all CPUs.
@@ -354,12 +380,15 @@ fn json(text: &str) -> Result<serde_json::Value> {
 }
 
 fn tcp(t: &Topology, seconds: u32) -> Result<(f64, f64)> {
-    let target = t.target.to_string();
+    tcp_to(t, &t.target.to_string(), seconds)
+}
+
+fn tcp_to(t: &Topology, target: &str, seconds: u32) -> Result<(f64, f64)> {
     let (b0, t0) = cpu_jiffies()?;
     let out = t.guest_cmd(&[
         "iperf3",
         "-c",
-        &target,
+        target,
         "-p",
         &IPERF_PORT.to_string(),
         "-t",
@@ -505,11 +534,70 @@ fn conn_rate(t: &Topology, seconds: u32) -> Result<f64> {
     Ok(rate)
 }
 
+/// TCP ping-pong over IPv6: 64 bytes there and back, one after another, for
+/// `seconds`; the mean round trip in µs.
+fn rtt6(t: &Topology, seconds: u32) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = PathBuf::from("/run/netns").join(&t.peer);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let flag = stop.clone();
+    let target = t.target6;
+    let server = std::thread::spawn(move || -> Result<()> {
+        netattach::netns::run_in(&peer, move || -> Result<()> {
+            pin(1);
+            let l = TcpListener::bind((target, RTT6_PORT))?;
+            let _ = ready_tx.send(());
+            let (mut s, _) = l.accept()?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if s.read_exact(&mut buf).is_err() {
+                    break;
+                }
+                s.write_all(&buf)?;
+            }
+            Ok(())
+        })?
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("IPv6 ping-pong server did not start")?;
+    let guest = PathBuf::from("/run/netns").join(&t.guest);
+    let addr = SocketAddr::from((target, RTT6_PORT));
+    let result = netattach::netns::run_in(&guest, move || -> Result<f64> {
+        pin(0);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        let mut buf = [0x5au8; 64];
+        let start = Instant::now();
+        let until = start + Duration::from_secs(u64::from(seconds));
+        let mut n = 0u64;
+        while Instant::now() < until {
+            s.write_all(&buf)?;
+            s.read_exact(&mut buf)?;
+            n += 1;
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let served = server.join();
+    let rtt = result??;
+    match served {
+        Ok(r) => r?,
+        Err(_) => bail!("IPv6 ping-pong server panicked"),
+    }
+    Ok(rtt)
+}
+
 fn measure(t: &Topology, seconds: u32) -> Result<Sample> {
     let (tcp_gbps, cpu_per_gbps) = tcp(t, seconds).context("TCP")?;
     let (udp_pps, udp_sender_cpu) = udp(t, seconds).context("UDP")?;
     let rtt_us = rtt(t, seconds).context("RTT")?;
     let conn_per_s = conn_rate(t, seconds.min(3)).context("connections")?;
+    let (tcp6_gbps, _) = tcp_to(t, &t.target6.to_string(), seconds).context("TCP over IPv6")?;
+    let rtt6_us = rtt6(t, seconds).context("RTT over IPv6")?;
     Ok(Sample {
         tcp_gbps,
         cpu_per_gbps,
@@ -517,21 +605,14 @@ fn measure(t: &Topology, seconds: u32) -> Result<Sample> {
         udp_pps,
         rtt_us,
         conn_per_s,
+        tcp6_gbps,
+        rtt6_us,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Medians of one path's samples.
 fn summary(samples: &[Sample]) -> Sample {
-    let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect::<Vec<_>>());
     Sample {
         tcp_gbps: m(|s| s.tcp_gbps),
         cpu_per_gbps: m(|s| s.cpu_per_gbps),
@@ -539,6 +620,8 @@ fn summary(samples: &[Sample]) -> Sample {
         udp_pps: m(|s| s.udp_pps),
         rtt_us: m(|s| s.rtt_us),
         conn_per_s: m(|s| s.conn_per_s),
+        tcp6_gbps: m(|s| s.tcp6_gbps),
+        rtt6_us: m(|s| s.rtt6_us),
     }
 }
 
@@ -606,6 +689,19 @@ fn print_table(paths: &[Path], sums: &[Sample], rounds: usize, seconds: u32) {
             s.udp_sender_cpu,
         );
     }
+    println!("\nIPv6 (NAT66 for the masquerade paths):\n");
+    println!("| path | TCP tx-off Gbit/s | TCP ping-pong RTT µs | TCP | RTT |");
+    println!("|---|---|---|---|---|");
+    for (p, s) in paths.iter().zip(sums) {
+        println!(
+            "| {} | {:.2} | {:.1} | {:.2}x | {:.2}x |",
+            p.label(),
+            s.tcp6_gbps,
+            s.rtt6_us,
+            s.tcp6_gbps / bare.tcp6_gbps,
+            bare.rtt6_us / s.rtt6_us,
+        );
+    }
     let find = |p: Path| paths.iter().position(|x| *x == p).map(|i| &sums[i]);
     let ratio = |name: &str, a: &Sample, b: &Sample| {
         println!(
@@ -632,6 +728,13 @@ fn print_table(paths: &[Path], sums: &[Sample], rounds: usize, seconds: u32) {
             if let Some(base) = find(p) {
                 ratio(name, ebpf, base);
             }
+        }
+        if let Some(nft) = find(Path::Nftables) {
+            println!(
+                "IPv6: eBPF NAT66 / nftables masquerade: TCP {:.2}x, RTT {:.2}x",
+                ebpf.tcp6_gbps / nft.tcp6_gbps,
+                nft.rtt6_us / ebpf.rtt6_us
+            );
         }
     }
 }

@@ -5,6 +5,8 @@
 //! host-local IPAM data. Everything is removed on drop, also when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fake_api;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -346,6 +348,15 @@ impl Node {
             ns,
             dir,
         }
+    }
+
+    /// A loopback TCP port of the node's namespace that nothing listens on.
+    pub fn free_port(&self) -> u16 {
+        netattach::netns::run_in(std::path::Path::new(&self.ns.path()), || {
+            std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().unwrap().port())
+        })
+        .unwrap()
+        .unwrap()
     }
 
     pub fn bin(&self) -> PathBuf {

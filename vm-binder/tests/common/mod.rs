@@ -194,6 +194,67 @@ pub fn udp_frame(
     f
 }
 
+/// Ethernet + IPv6 + UDP (with its mandatory checksum) around `payload`.
+pub fn udp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&udp);
+    let c = checksum(&pseudo);
+    udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// (source IP, UDP destination port, payload) of an IPv6/UDP frame whose
+/// UDP checksum is right (so a translation that broke it is caught).
+pub fn parse_udp6(frame: &[u8]) -> Option<(std::net::Ipv6Addr, u16, &[u8])> {
+    if frame.len() < 62 || frame[12..14] != [0x86, 0xdd] || frame[20] != 17 {
+        return None;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&frame[22..38]);
+    let udp = frame.get(54..)?;
+    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    let udp = udp.get(..len)?;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&frame[22..54]);
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(udp);
+    if checksum(&pseudo) != 0 {
+        return None;
+    }
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    Some((std::net::Ipv6Addr::from(src), dport, &udp[8..]))
+}
+
 /// (source IP, UDP destination port, payload) of an IPv4/UDP frame.
 pub fn parse_udp(frame: &[u8]) -> Option<(Ipv4Addr, u16, &[u8])> {
     if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {

@@ -7,6 +7,8 @@
 //! of the 16-byte address fields.
 #![no_std]
 
+pub mod vnet;
+
 #[cfg(test)]
 mod layout {
     use super::*;
@@ -14,12 +16,23 @@ mod layout {
 
     #[test]
     fn no_implicit_padding() {
-        assert_eq!(size_of::<NatConfig>(), 11 * 4 + 4 * 2 + 6 + 6);
+        assert_eq!(size_of::<NatConfig>(), 11 * 4 + 4 * 2 + 6 + 6 + 3 * 16);
         assert_eq!(size_of::<FlowKey>(), 32 + 4 + 4);
-        assert_eq!(size_of::<CtEntry>(), 16 + 4 + 4 + 8);
+        assert_eq!(size_of::<CtEntry>(), 16 + 4 + 12 + 8);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<VlanConfig>(), 4);
-        assert_eq!(size_of::<L2Entry>(), 12);
+        assert_eq!(size_of::<Counters>(), 8 * COUNTERS as usize);
+    }
+
+    #[test]
+    fn counters_by_name() {
+        let mut c = Counters::default();
+        c.values[Counter::InPackets6 as usize] = 7;
+        assert_eq!(c.get(Counter::InPackets6), 7);
+        assert_eq!(Counter::ALL.len(), COUNTERS as usize);
+        for (i, k) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
     }
 
     #[test]
@@ -55,6 +68,19 @@ pub const PROG_POD_INGRESS: &str = "pod_ingress";
 /// TC ingress that only redirects to a peer (`bpf_redirect_peer`): the
 /// benchmark's untranslated ceiling.
 pub const PROG_REDIRECT_PEER: &str = "redirect_peer";
+/// The IPv6 halves of the three above, reached by tail call through
+/// [`MAP_JUMP`] (own stack frame and verifier budget).
+pub const PROG_GUEST_INGRESS6: &str = "guest_ingress6";
+pub const PROG_POD_INGRESS6: &str = "pod_ingress6";
+pub const PROG_POD_EGRESS6: &str = "pod_egress6";
+/// [`MAP_JUMP`] indexes.
+pub const JUMP_GUEST6: u32 = 0;
+pub const JUMP_POD6: u32 = 1;
+pub const JUMP_EGRESS6: u32 = 2;
+pub const NAT_JUMPS: u32 = 3;
+/// The IPv6 programs by [`MAP_JUMP`] index.
+pub const NAT_JUMP_PROGRAMS: [&str; NAT_JUMPS as usize] =
+    [PROG_GUEST_INGRESS6, PROG_POD_INGRESS6, PROG_POD_EGRESS6];
 /// TC egress: pushes the interface's 802.1Q tag.
 pub const PROG_VLAN_PUSH: &str = "vlan_push";
 /// TC ingress: pops the interface's 802.1Q tag, drops other tags and
@@ -67,18 +93,18 @@ pub const MAP_CONFIG: &str = "VL_CONFIG";
 pub const MAP_CONNTRACK: &str = "VL_CT";
 /// [`PortKey`] -> [`PORT_FORWARD`] or [`PORT_DENY`].
 pub const MAP_PORTS: &str = "VL_PORTS";
-/// Per-CPU `u64` counters indexed by [`Counter`].
+/// Per-CPU [`Counters`] at index 0 (one lookup per packet).
 pub const MAP_COUNTERS: &str = "VL_COUNTERS";
 /// Ingress ifindex (`u32`) -> the ifindex whose peer gets the packet.
 pub const MAP_REDIRECT: &str = "VL_REDIRECT";
-/// Remote IPv4 (`u32`, raw) -> [`L2Entry`]: MACs learned from the world's
-/// translated packets (not pinned: relearned after a reload).
-pub const MAP_L2: &str = "VL_L2";
 /// [`VlanConfig`] at index 0.
 pub const MAP_VLAN: &str = "VL_VLAN";
+/// Program array of the IPv6 programs (pinned: a program array is emptied
+/// when its last user reference goes).
+pub const MAP_JUMP: &str = "VL_JUMP";
 
 /// Every map of the masquerade programs; all are pinned per pod.
-pub const NAT_MAPS: [&str; 4] = [MAP_CONFIG, MAP_CONNTRACK, MAP_PORTS, MAP_COUNTERS];
+pub const NAT_MAPS: [&str; 5] = [MAP_CONFIG, MAP_CONNTRACK, MAP_PORTS, MAP_COUNTERS, MAP_JUMP];
 
 /// Conntrack capacity (entries; two per connection).
 pub const CONNTRACK_MAX: u32 = 65536;
@@ -95,6 +121,7 @@ pub const ENVOY_PORTS: [u16; 10] = [
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// [`NatConfig::flags`]: forward every port not listed as [`PORT_DENY`].
 pub const FLAG_FORWARD_ALL: u32 = 1;
@@ -112,6 +139,12 @@ pub const FLAG_POD_PEER: u32 = 8;
 /// [`NatConfig::flags`]: the guest's interface is a veth (a guest namespace
 /// instead of a VM): `bpf_redirect_peer` to the guest.
 pub const FLAG_GUEST_PEER: u32 = 16;
+/// [`NatConfig::flags`]: translate IPv4 (`pod_ip`, `guest_ip`, `gateway_ip`
+/// are set); without it IPv4 passes untouched.
+pub const FLAG_V4: u32 = 32;
+/// [`NatConfig::flags`]: translate IPv6 (`pod_ip6`, `guest_ip6`,
+/// `gateway_ip6` are set); without it IPv6 passes untouched.
+pub const FLAG_V6: u32 = 64;
 
 /// [`MAP_PORTS`] value: new inbound connections to the port go to the guest.
 pub const PORT_FORWARD: u8 = 1;
@@ -150,8 +183,16 @@ pub struct NatConfig {
     pub local_port_max: u16,
     /// The guest's MAC (anti-spoofing; destination of frames to the guest).
     pub guest_mac: [u8; 6],
-    /// The tap's MAC (source of frames to the guest).
-    pub tap_mac: [u8; 6],
+    /// The source MAC of frames to the guest: the gateway's (the tap's own
+    /// MAC, or a bridge's in front of it).
+    pub gateway_mac: [u8; 6],
+    // --- IPv6 (NAT66), with FLAG_V6 ---
+    /// The pod's IPv6 address (network byte order, as in packets).
+    pub pod_ip6: [u32; 4],
+    /// The guest's IPv6 address.
+    pub guest_ip6: [u32; 4],
+    /// The gateway's IPv6 address on the tap.
+    pub gateway_ip6: [u32; 4],
 }
 
 /// A packet's flow as seen where it arrives. ICMP echo: requests carry the
@@ -194,6 +235,10 @@ impl FlowKey {
 pub const DIR_OUT: u8 = 0;
 /// From the world: the entry rewrites the destination.
 pub const DIR_IN: u8 = 1;
+/// Hairpin, the guest to its own pod IP on a forwarded port: the entry
+/// rewrites the source to the pod IP and the destination to the guest (ports
+/// kept); used by `guest_ingress` only.
+pub const DIR_HAIRPIN: u8 = 2;
 
 /// TCP states the timeouts depend on.
 pub const TCP_SYN: u8 = 0;
@@ -214,20 +259,14 @@ pub struct CtEntry {
     pub dir: u8,
     /// `TCP_*` (0 for UDP and ICMP).
     pub state: u8,
-    pub _pad: u32,
+    /// The Ethernet addresses towards the remote, learned from the
+    /// connection's last packet from it (its source and destination MACs,
+    /// swapped): `[next hop (destination) MAC, pod interface MAC]`; all
+    /// zero until the remote's first packet. Kept in both entries of a
+    /// connection.
+    pub l2: [u8; 12],
     /// `bpf_ktime_get_ns` of the last packet.
     pub last_seen_ns: u64,
-}
-
-/// The Ethernet addresses towards one remote: the source and destination
-/// MACs of the last translated packet from it, swapped.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct L2Entry {
-    /// The next hop's MAC (destination of frames to the remote).
-    pub dmac: [u8; 6],
-    /// The pod interface's MAC (their source).
-    pub smac: [u8; 6],
 }
 
 /// A forwarded (or denied) port: protocol and port in host byte order.
@@ -272,10 +311,29 @@ pub enum Counter {
     CtExpired = 9,
     /// Packets passed to the pod's stack untouched.
     Passed = 10,
+    /// Of `OutPackets` and `InPackets`: IPv6.
+    OutPackets6 = 11,
+    InPackets6 = 12,
+    /// Hairpin packets (the guest to its own pod IP and back).
+    Hairpin = 13,
 }
 
 /// Number of counters.
-pub const COUNTERS: u32 = 11;
+pub const COUNTERS: u32 = 14;
+
+/// [`MAP_COUNTERS`]' value: every counter of one CPU, indexed by
+/// [`Counter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; COUNTERS as usize],
+}
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize]
+    }
+}
 
 impl Counter {
     /// All counters in index order.
@@ -291,6 +349,9 @@ impl Counter {
         Counter::CtCreated,
         Counter::CtExpired,
         Counter::Passed,
+        Counter::OutPackets6,
+        Counter::InPackets6,
+        Counter::Hairpin,
     ];
 
     /// A stable snake_case name (for `virtlink stats`).
@@ -307,6 +368,9 @@ impl Counter {
             Counter::CtCreated => "conntrack_created",
             Counter::CtExpired => "conntrack_expired",
             Counter::Passed => "passed",
+            Counter::OutPackets6 => "out_packets_ipv6",
+            Counter::InPackets6 => "in_packets_ipv6",
+            Counter::Hairpin => "hairpin_packets",
         }
     }
 }
@@ -327,5 +391,5 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for VlanConfig {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for L2Entry {}
+    unsafe impl aya::Pod for Counters {}
 }

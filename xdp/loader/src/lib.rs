@@ -5,6 +5,7 @@
 //! - [`nat`]: the masquerade binding's NAT (and anti-spoofing) per pod;
 //! - [`vlan`]: 802.1Q push/pop on an interface;
 //! - [`redirect`]: an untranslated `bpf_redirect_peer` path (benchmark ceiling);
+//! - [`isolation`]: isolated tenant networks, per node (docs/vnet.md);
 //! - [`bpffs`]: mounting bpffs and pin directories.
 //!
 //! Every function that names an interface works in the calling thread's
@@ -12,6 +13,7 @@
 //! (`netattach::netns::run_in`).
 
 pub mod bpffs;
+pub mod isolation;
 pub mod nat;
 pub mod redirect;
 pub mod vlan;

@@ -7,17 +7,17 @@
 //! atomically, so restarting the loader keeps established connections.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::TcAttachType;
 use virtlink_xdp_common::{
-    Counter, CtEntry, FlowKey, NatConfig, PortKey, CONNTRACK_MAX, COUNTERS, DIR_OUT, ENVOY_PORTS,
-    FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER, IPPROTO_TCP,
-    IPPROTO_UDP, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS, PORT_DENY, PORT_FORWARD,
-    PROG_GUEST_INGRESS, PROG_POD_EGRESS, PROG_POD_INGRESS, TCP_CLOSED, TCP_CLOSING,
-    TCP_ESTABLISHED,
+    Counter, Counters, CtEntry, FlowKey, NatConfig, PortKey, CONNTRACK_MAX, DIR_HAIRPIN, DIR_OUT,
+    ENVOY_PORTS, FLAG_ANTI_SPOOF, FLAG_FORWARD_ALL, FLAG_GUEST_PEER, FLAG_ISTIO, FLAG_POD_PEER,
+    FLAG_V4, FLAG_V6, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_JUMP,
+    MAP_PORTS, NAT_JUMP_PROGRAMS, PORT_DENY, PORT_FORWARD, PROG_GUEST_INGRESS, PROG_POD_EGRESS,
+    PROG_POD_INGRESS, TCP_CLOSED, TCP_CLOSING, TCP_ESTABLISHED,
 };
 
 use crate::{attach as attach_prog, bpffs, classifier, ifindex, load, map_err, Error, Result};
@@ -62,6 +62,15 @@ impl Default for Timeouts {
     }
 }
 
+/// One family's addresses: the pod's (what the guest's traffic is
+/// translated to), the guest's, and the gateway's on the guest's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs<A> {
+    pub pod: A,
+    pub guest: A,
+    pub gateway: A,
+}
+
 /// Everything the NAT of one pod needs.
 #[derive(Debug, Clone)]
 pub struct NatSpec {
@@ -69,11 +78,17 @@ pub struct NatSpec {
     pub pod_interface: String,
     /// The guest's tap.
     pub guest_interface: String,
-    pub pod_ip: Ipv4Addr,
-    pub guest_ip: Ipv4Addr,
-    /// The tap's address (the guest's gateway).
-    pub gateway_ip: Ipv4Addr,
+    /// IPv4 translation (`None`: IPv4 passes to the pod's stack untouched).
+    pub ipv4: Option<Addrs<Ipv4Addr>>,
+    /// IPv6 translation (NAT66) to the pod's IPv6 address (`None`: IPv6
+    /// passes untouched). At least one family must be given.
+    pub ipv6: Option<Addrs<Ipv6Addr>>,
     pub guest_mac: [u8; 6],
+    /// The source MAC of frames the programs send to the guest: the MAC the
+    /// guest knows for its gateway. `None`: the guest interface's own MAC
+    /// (the gateway address is on the tap); set it when the gateway address
+    /// lives on a bridge in front of the tap (KubeVirt's `k6t-` bridge).
+    pub gateway_mac: Option<[u8; 6]>,
     /// Drop and count frames from the tap not from the guest's MAC and IP.
     pub anti_spoof: bool,
     pub forward: Forward,
@@ -88,6 +103,33 @@ pub struct NatSpec {
 
 fn raw(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
+}
+
+/// An IPv6 address as the programs see it: four words in packet order.
+fn raw6(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    let mut w = [0u32; 4];
+    for (i, c) in o.chunks_exact(4).enumerate() {
+        w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    w
+}
+
+fn from_raw6(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, v) in w.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// A raw address of `family` (4 or 6).
+fn ip_of(family: u8, w: [u32; 4]) -> IpAddr {
+    if family == 6 {
+        IpAddr::V6(from_raw6(w))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(w[0].to_ne_bytes()))
+    }
 }
 
 fn link_pin(dir: &Path, prog: &str) -> PathBuf {
@@ -154,6 +196,7 @@ fn reserve_ports(min: u16, max: u16) -> Result<()> {
 pub struct Interfaces {
     pub pod_ifindex: u32,
     pub guest_ifindex: u32,
+    /// The guest interface's own MAC.
     pub tap_mac: [u8; 6],
     /// The pod interface / the guest's interface is a veth.
     pub pod_veth: bool,
@@ -178,10 +221,22 @@ pub fn config(spec: &NatSpec, ifs: &Interfaces, local: (u16, u16)) -> NatConfig 
     if ifs.guest_veth {
         flags |= FLAG_GUEST_PEER;
     }
+    if spec.ipv4.is_some() {
+        flags |= FLAG_V4;
+    }
+    if spec.ipv6.is_some() {
+        flags |= FLAG_V6;
+    }
+    let v4 = spec
+        .ipv4
+        .map(|a| (raw(a.pod), raw(a.guest), raw(a.gateway)));
+    let v6 = spec
+        .ipv6
+        .map(|a| (raw6(a.pod), raw6(a.guest), raw6(a.gateway)));
     NatConfig {
-        pod_ip: raw(spec.pod_ip),
-        guest_ip: raw(spec.guest_ip),
-        gateway_ip: raw(spec.gateway_ip),
+        pod_ip: v4.map_or(0, |a| a.0),
+        guest_ip: v4.map_or(0, |a| a.1),
+        gateway_ip: v4.map_or(0, |a| a.2),
         pod_ifindex: ifs.pod_ifindex,
         guest_ifindex: ifs.guest_ifindex,
         flags,
@@ -195,7 +250,10 @@ pub fn config(spec: &NatSpec, ifs: &Interfaces, local: (u16, u16)) -> NatConfig 
         local_port_min: local.0,
         local_port_max: local.1,
         guest_mac: spec.guest_mac,
-        tap_mac: ifs.tap_mac,
+        gateway_mac: spec.gateway_mac.unwrap_or(ifs.tap_mac),
+        pod_ip6: v6.map_or([0; 4], |a| a.0),
+        guest_ip6: v6.map_or([0; 4], |a| a.1),
+        gateway_ip6: v6.map_or([0; 4], |a| a.2),
     }
 }
 
@@ -238,6 +296,17 @@ pub struct Attached {
 /// Loads and attaches the NAT for one pod (or updates it in place); call on
 /// a thread in the pod's network namespace.
 pub fn attach(spec: &NatSpec) -> Result<Attached> {
+    if spec.ipv4.is_none() && spec.ipv6.is_none() {
+        return Err(Error::Config(
+            "no address family to translate (neither IPv4 nor IPv6 given)".into(),
+        ));
+    }
+    if spec.gateway_mac == Some([0; 6]) || spec.guest_mac == [0; 6] {
+        return Err(Error::Config(format!(
+            "zero MAC (guest {:02x?}, gateway {:02x?})",
+            spec.guest_mac, spec.gateway_mac
+        )));
+    }
     if spec.nat_ports.0 > spec.nat_ports.1 || spec.nat_ports.0 < 1024 {
         return Err(Error::Config(format!(
             "NAT port range {}-{}",
@@ -275,6 +344,7 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
     };
     tracing::debug!(?ifs, "interfaces");
     bpffs::create_dir(&spec.pin_dir)?;
+    drop_stale_pins(&spec.pin_dir)?;
 
     let mut ebpf = load(Some(&spec.pin_dir))?;
     {
@@ -304,6 +374,30 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
         }
         for (k, v) in wanted {
             ports.insert(k, v, 0).map_err(map_err(MAP_PORTS, "write"))?;
+        }
+    }
+
+    // The IPv6 programs first: the IPv4 programs (old or new) tail-call
+    // them through the pinned jump table, whose entries are swapped here.
+    let mut fds = Vec::new();
+    for name in NAT_JUMP_PROGRAMS {
+        let prog = classifier(&mut ebpf, name)?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| Error::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        fds.push(fd);
+    }
+    {
+        let map = ebpf.map_mut(MAP_JUMP).ok_or(Error::MissingMap(MAP_JUMP))?;
+        let mut jump: ProgramArray<_> =
+            ProgramArray::try_from(map).map_err(map_err(MAP_JUMP, "open"))?;
+        for (i, fd) in fds.iter().enumerate() {
+            jump.set(i as u32, fd, 0)
+                .map_err(map_err(MAP_JUMP, "write"))?;
         }
     }
 
@@ -342,6 +436,8 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
         pin_dir = %spec.pin_dir.display(),
         pod_if = %spec.pod_interface,
         guest_if = %spec.guest_interface,
+        ipv4 = spec.ipv4.is_some(),
+        ipv6 = spec.ipv6.is_some(),
         istio = spec.istio,
         "eBPF masquerade attached"
     );
@@ -350,6 +446,43 @@ pub fn attach(spec: &NatSpec) -> Result<Attached> {
         pin_dir: spec.pin_dir.clone(),
         replaced,
     })
+}
+
+/// `(map, key size, value size)` as this version's programs define them.
+fn map_layouts() -> [(&'static str, usize, usize); 5] {
+    use std::mem::size_of;
+    [
+        (MAP_CONFIG, 4, size_of::<NatConfig>()),
+        (MAP_CONNTRACK, size_of::<FlowKey>(), size_of::<CtEntry>()),
+        (MAP_PORTS, size_of::<PortKey>(), 1),
+        (MAP_COUNTERS, 4, size_of::<Counters>()),
+        (MAP_JUMP, 4, 4),
+    ]
+}
+
+/// Removes pinned maps whose key or value size is not this version's (pins
+/// of an older loader): the new programs would not load against them. Their
+/// state (conntrack) is lost; the programs that use them go when the pinned
+/// links get the new programs.
+fn drop_stale_pins(dir: &Path) -> Result<()> {
+    for (name, key, value) in map_layouts() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name, "open pinned"))?;
+        let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+        if (k, v) != (key, value) {
+            tracing::warn!(
+                map = name,
+                pinned = ?(k, v),
+                expected = ?(key, value),
+                "pinned map has another layout (an older loader): replacing it"
+            );
+            remove_pin(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_pin(path: &Path) -> Result<()> {
@@ -384,27 +517,47 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn src(&self) -> (Ipv4Addr, u16) {
+    pub fn src(&self) -> (IpAddr, u16) {
         (
-            Ipv4Addr::from(self.key.src_ip[0].to_ne_bytes()),
+            ip_of(self.key.family, self.key.src_ip),
             u16::from_be(self.key.src_port),
         )
     }
-    pub fn dst(&self) -> (Ipv4Addr, u16) {
+    pub fn dst(&self) -> (IpAddr, u16) {
         (
-            Ipv4Addr::from(self.key.dst_ip[0].to_ne_bytes()),
+            ip_of(self.key.family, self.key.dst_ip),
             u16::from_be(self.key.dst_port),
         )
     }
-    /// What the entry rewrites to.
-    pub fn translated(&self) -> (Ipv4Addr, u16) {
+    /// What the entry rewrites to (hairpin entries: nothing stored, the
+    /// addresses come from the configuration).
+    pub fn translated(&self) -> (IpAddr, u16) {
         (
-            Ipv4Addr::from(self.entry.addr[0].to_ne_bytes()),
+            ip_of(self.key.family, self.entry.addr),
             u16::from_be(self.entry.port),
         )
     }
     pub fn is_outbound(&self) -> bool {
         self.entry.dir == DIR_OUT
+    }
+    pub fn is_hairpin(&self) -> bool {
+        self.entry.dir == DIR_HAIRPIN
+    }
+    pub fn is_ipv6(&self) -> bool {
+        self.key.family == 6
+    }
+    /// The MACs towards the remote learned for this connection
+    /// (destination, source), when learned.
+    pub fn l2(&self) -> Option<([u8; 6], [u8; 6])> {
+        let l2 = self.entry.l2;
+        if l2 == [0; 12] {
+            return None;
+        }
+        let mut d = [0u8; 6];
+        let mut s = [0u8; 6];
+        d.copy_from_slice(&l2[..6]);
+        s.copy_from_slice(&l2[6..]);
+        Some((d, s))
     }
 }
 
@@ -417,7 +570,7 @@ pub struct Pinned {
 impl Pinned {
     /// The pins in `dir` (made by [`attach`]); fails when there are none.
     pub fn open(dir: &Path) -> Result<Self> {
-        for name in [MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS] {
+        for name in [MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_PORTS, MAP_JUMP] {
             if !dir.join(name).exists() {
                 return Err(Error::MissingMap(name));
             }
@@ -429,19 +582,16 @@ impl Pinned {
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        let map = PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(open(
+        let map = PerCpuArray::<_, Counters>::try_from(aya::maps::Map::PerCpuArray(open(
             &self.dir,
             MAP_COUNTERS,
         )?))
         .map_err(map_err(MAP_COUNTERS, "open"))?;
-        let mut out = Vec::with_capacity(COUNTERS as usize);
-        for c in Counter::ALL {
-            let values = map
-                .get(&(c as u32), 0)
-                .map_err(map_err(MAP_COUNTERS, "read"))?;
-            out.push((c, values.iter().sum()));
-        }
-        Ok(out)
+        let per_cpu = map.get(&0, 0).map_err(map_err(MAP_COUNTERS, "read"))?;
+        Ok(Counter::ALL
+            .iter()
+            .map(|&c| (c, per_cpu.iter().map(|v| v.get(c)).sum()))
+            .collect())
     }
 
     /// One counter, summed over CPUs.
@@ -563,13 +713,17 @@ mod tests {
 
     #[test]
     fn config_is_network_order() {
-        let spec = NatSpec {
+        let mut spec = NatSpec {
             pod_interface: "eth0".into(),
             guest_interface: "tap0".into(),
-            pod_ip: Ipv4Addr::new(10, 99, 0, 5),
-            guest_ip: Ipv4Addr::new(10, 0, 2, 2),
-            gateway_ip: Ipv4Addr::new(10, 0, 2, 1),
+            ipv4: Some(Addrs {
+                pod: Ipv4Addr::new(10, 99, 0, 5),
+                guest: Ipv4Addr::new(10, 0, 2, 2),
+                gateway: Ipv4Addr::new(10, 0, 2, 1),
+            }),
+            ipv6: None,
             guest_mac: [2, 0, 0, 0, 0, 1],
+            gateway_mac: None,
             anti_spoof: true,
             forward: Forward::All,
             istio: false,
@@ -586,9 +740,31 @@ mod tests {
         };
         let c = config(&spec, &ifs, POD_LOCAL_PORTS);
         assert_eq!(c.pod_ip.to_ne_bytes(), [10, 99, 0, 5]);
-        assert_eq!(c.flags, FLAG_FORWARD_ALL | FLAG_ANTI_SPOOF | FLAG_POD_PEER);
-        assert_eq!(c.tap_mac, [2, 0, 0, 0, 0, 9]);
+        assert_eq!(
+            c.flags,
+            FLAG_FORWARD_ALL | FLAG_ANTI_SPOOF | FLAG_POD_PEER | FLAG_V4
+        );
+        assert_eq!(c.gateway_mac, [2, 0, 0, 0, 0, 9], "the tap's own MAC");
+        assert_eq!(c.pod_ip6, [0; 4]);
         assert_eq!((c.port_min, c.port_max), (32768, 60999));
         assert_eq!((c.local_port_min, c.local_port_max), (16384, 32767));
+
+        // IPv6 beside it, and a gateway MAC of a bridge in front of the tap.
+        let pod6: Ipv6Addr = "fd99::5".parse().unwrap();
+        spec.ipv6 = Some(Addrs {
+            pod: pod6,
+            guest: "fd10:0:2::2".parse().unwrap(),
+            gateway: "fd10:0:2::1".parse().unwrap(),
+        });
+        spec.gateway_mac = Some([2, 0, 0, 0, 0, 0x42]);
+        let c = config(&spec, &ifs, POD_LOCAL_PORTS);
+        assert_eq!(c.flags & (FLAG_V4 | FLAG_V6), FLAG_V4 | FLAG_V6);
+        assert_eq!(c.gateway_mac, [2, 0, 0, 0, 0, 0x42]);
+        // Packet order: the first word holds fd99:0000 as it is on the wire.
+        assert_eq!(c.pod_ip6[0].to_ne_bytes(), [0xfd, 0x99, 0, 0]);
+        assert_eq!(c.pod_ip6[3].to_ne_bytes(), [0, 0, 0, 5]);
+        assert_eq!(from_raw6(c.pod_ip6), pod6);
+        assert_eq!(ip_of(6, c.guest_ip6).to_string(), "fd10:0:2::2");
+        assert_eq!(ip_of(4, [c.guest_ip, 0, 0, 0]).to_string(), "10.0.2.2");
     }
 }

@@ -6,80 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{Topology, GUEST_IP, PEER_IP};
+use common::{accept, connect, exchange, listen, refused, udp, Topology, GUEST_IP, PEER_IP};
 use virtlink_xdp::common::{Counter, IPPROTO_TCP};
 use virtlink_xdp::nat::{Forward, DEFAULT_NAT_PORTS};
 
-const T: Duration = Duration::from_secs(3);
-
 fn nat_port(p: u16) -> bool {
     (DEFAULT_NAT_PORTS.0..=DEFAULT_NAT_PORTS.1).contains(&p)
-}
-
-/// A TCP listener in `ns` on `addr`.
-fn listen(ns: &common::Ns, addr: &str) -> Result<TcpListener> {
-    let addr: SocketAddr = addr.parse()?;
-    let l = ns.run(move || TcpListener::bind(addr))??;
-    Ok(l)
-}
-
-/// Connects from `ns` (optionally from a fixed source port).
-fn connect(ns: &common::Ns, dst: &str, src_port: Option<u16>) -> Result<TcpStream> {
-    let dst: SocketAddr = dst.parse()?;
-    let s = ns.run(move || -> std::io::Result<TcpStream> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        sock.set_reuse_address(true)?;
-        if let Some(p) = src_port {
-            let src: SocketAddr = SocketAddr::from(([0, 0, 0, 0], p));
-            sock.bind(&src.into())?;
-        }
-        sock.connect_timeout(&dst.into(), T)?;
-        Ok(sock.into())
-    })??;
-    s.set_read_timeout(Some(T))?;
-    Ok(s)
-}
-
-/// Accepts one connection (with a timeout), returns it and the peer address.
-fn accept(l: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
-    l.set_nonblocking(true)?;
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        match l.accept() {
-            Ok((s, a)) => {
-                s.set_nonblocking(false)?;
-                s.set_read_timeout(Some(T))?;
-                return Ok((s, a));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() > deadline {
-                    anyhow::bail!("no connection within {T:?}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Sends `msg` one way and reads it on the other side.
-fn exchange(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) -> Result<()> {
-    a.write_all(msg)?;
-    let mut buf = vec![0u8; msg.len()];
-    b.read_exact(&mut buf).context("read")?;
-    anyhow::ensure!(buf == msg, "got {buf:?}");
-    Ok(())
-}
-
-fn udp(ns: &common::Ns, bind: &str) -> Result<UdpSocket> {
-    let addr: SocketAddr = bind.parse()?;
-    let s = ns.run(move || UdpSocket::bind(addr))??;
-    s.set_read_timeout(Some(T))?;
-    Ok(s)
 }
 
 #[test]
@@ -336,7 +271,7 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
     t.attach(0, t.spec(0, Forward::All))?;
     assert!(p.guest.ping(PEER_IP, &[]));
     assert_eq!(tcx_ids(p)?.len(), 2);
-    let mut map_ids = Vec::new();
+    let mut maps = Vec::new();
     for entry in std::fs::read_dir(&p.pin_dir)? {
         let path = entry?.path();
         if path
@@ -346,10 +281,10 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
             continue;
         }
         if let Ok(info) = aya::maps::MapInfo::from_pin(&path) {
-            map_ids.push(info.id());
+            maps.push((info.id(), info.name_as_str().unwrap_or("?").to_string()));
         }
     }
-    assert_eq!(map_ids.len(), 4, "pinned maps");
+    assert_eq!(maps.len(), 5, "pinned maps: {maps:?}");
     p.pod.run({
         let dir = p.pin_dir.clone();
         move || virtlink_xdp::nat::detach(&dir)
@@ -363,14 +298,15 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
             .collect::<Vec<_>>())
     );
     assert!(tcx_ids(p)?.is_empty(), "programs left attached");
-    // Maps go once the last reference does (freed asynchronously).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Maps go once the last reference does: the kernel frees programs and
+    // maps after RCU grace periods, from a workqueue, which takes seconds on
+    // a loaded 2-CPU machine (CI failed once at 5 s). A map still alive
+    // after 30 s is a leak.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let alive: Vec<u32> = aya::maps::loaded_maps()
-            .filter_map(|m| m.ok())
-            .map(|m| m.id())
-            .filter(|id| map_ids.contains(id))
-            .collect();
+        // Ids only, no map opened: see common::kernel_map_ids.
+        let ids = common::kernel_map_ids();
+        let alive: Vec<&(u32, String)> = maps.iter().filter(|(id, _)| ids.contains(id)).collect();
         if alive.is_empty() {
             break;
         }
@@ -404,15 +340,6 @@ fn spoofed_mac_and_ip_are_dropped_and_counted() -> Result<()> {
     assert!(!p.guest.ping(PEER_IP, &[]));
     assert!(pinned.counter(Counter::DropSpoofMac)? >= 1);
     Ok(())
-}
-
-/// Waits for an error on a connected UDP socket (an ICMP error arrived).
-fn refused(sock: &UdpSocket) -> bool {
-    let mut buf = [0u8; 16];
-    match sock.recv(&mut buf) {
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-        Ok(_) => false,
-    }
 }
 
 #[test]
@@ -541,5 +468,76 @@ fn closed_connections_give_their_port_to_new_ones() -> Result<()> {
         "a fifth connection took the port of an open one"
     );
     assert!(pinned.counter(Counter::DropNoPort)? > 0);
+    Ok(())
+}
+
+/// Creates an array map (`value_size` bytes, one entry) pinned at `path`
+/// with raw `bpf(2)` calls: a map as an older loader left it.
+fn pin_array_map(path: &std::path::Path, value_size: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
+    // max_entries, then zeros.
+    let mut create = [0u32; 32];
+    create[0] = 2; // BPF_MAP_TYPE_ARRAY
+    create[1] = 4;
+    create[2] = value_size;
+    create[3] = 1;
+    // SAFETY: BPF_MAP_CREATE (0) reads `size` bytes of `create`, which is
+    // that large and lives across the call.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // BPF_OBJ_PIN: pathname (u64 pointer), bpf_fd (u32).
+    let mut pin = [0u64; 4];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: BPF_OBJ_PIN (6) reads the path pointer (a NUL-terminated
+    // string alive across the call) and the fd from `pin`.
+    let ret = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            6,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is the map descriptor made above and not used after.
+    unsafe { nix::libc::close(fd as i32) };
+    anyhow::ensure!(ret == 0, "BPF_OBJ_PIN {}: {err}", path.display());
+    Ok(())
+}
+
+/// Pins of an older loader whose maps have another layout (here: a config
+/// map of the old, IPv4-only size) are replaced, not reused: the new
+/// programs load and carry traffic.
+#[test]
+fn stale_pins_of_another_layout_are_replaced() -> Result<()> {
+    if !common::require_root() {
+        return Ok(());
+    }
+    let t = Topology::new(1)?;
+    let p = &t.pods[0];
+    virtlink_xdp::bpffs::create_dir(&p.pin_dir)?;
+    let old = p.pin_dir.join(virtlink_xdp::common::MAP_CONFIG);
+    pin_array_map(&old, 64)?;
+    assert_eq!(aya::maps::MapInfo::from_pin(&old)?.value_size(), 64);
+    t.attach(0, t.spec(0, Forward::All))?;
+    assert_eq!(
+        aya::maps::MapInfo::from_pin(&old)?.value_size() as usize,
+        std::mem::size_of::<virtlink_xdp::common::NatConfig>()
+    );
+    assert!(p.guest.ping(PEER_IP, &[]));
     Ok(())
 }
