@@ -1,11 +1,12 @@
 //! Bad input gets a CNI error object with the spec's code and a message that
-//! names what is wrong, and nothing is left behind (links, IPs, state).
+//! names what is wrong, and nothing is left behind (links, IPs, state):
+//! called directly and through the shim and `virtlink agent` alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
 
 mod common;
 
-use common::{assert_clean, Netns, Node};
+use common::{assert_clean, Mode, Netns, Node};
 use serde_json::json;
 
 fn env<'a>(node: &'a Node, pod: &'a Netns, bin: &'a str) -> Vec<(&'static str, String)> {
@@ -34,9 +35,8 @@ fn call_without(node: &Node, pod: &Netns, drop_var: &str, stdin: &[u8]) -> commo
     node.call_raw(&kept, &[], stdin)
 }
 
-#[test]
-fn malformed_json_is_code_6() {
-    let node = Node::new();
+fn malformed_json_is_code_6(mode: Mode) {
+    let node = Node::with_mode(mode);
     let pod = Netns::new("vlpa");
     let out = call_without(&node, &pod, "", b"{\"cniVersion\": \"1.0.0\", ");
     let msg = out.expect_err(6, "malformed JSON");
@@ -44,9 +44,8 @@ fn malformed_json_is_code_6() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn missing_cni_variables_are_code_4() {
-    let node = Node::new();
+fn missing_cni_variables_are_code_4(mode: Mode) {
+    let node = Node::with_mode(mode);
     let pod = Netns::new("vlpa");
     let conf = serde_json::to_vec(&node.conf("1.0.0")).unwrap();
     for var in [
@@ -62,9 +61,8 @@ fn missing_cni_variables_are_code_4() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn unknown_cni_version_is_code_1() {
-    let node = Node::new();
+fn unknown_cni_version_is_code_1(mode: Mode) {
+    let node = Node::with_mode(mode);
     let pod = Netns::new("vlpa");
     let mut conf = node.conf("1.0.0");
     conf["cniVersion"] = json!("9.9.9");
@@ -75,9 +73,8 @@ fn unknown_cni_version_is_code_1() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn unknown_nad_is_code_7_and_creates_nothing() {
-    let node = Node::new();
+fn unknown_nad_is_code_7_and_creates_nothing(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue,does-not-exist");
     let pod = Netns::new("vlpa");
@@ -91,9 +88,8 @@ fn unknown_nad_is_code_7_and_creates_nothing() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn malformed_annotation_is_rejected() {
-    let node = Node::new();
+fn malformed_annotation_is_rejected(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     let pod = Netns::new("vlpa");
     for (annotation, code) in [
@@ -114,9 +110,8 @@ fn malformed_annotation_is_rejected() {
     }
 }
 
-#[test]
-fn delegate_binary_that_does_not_exist_is_code_7() {
-    let node = Node::new();
+fn delegate_binary_that_does_not_exist_is_code_7(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.nad(
         "ghost",
@@ -134,9 +129,8 @@ fn delegate_binary_that_does_not_exist_is_code_7() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn netns_that_does_not_exist_is_code_3() {
-    let node = Node::new();
+fn netns_that_does_not_exist_is_code_3(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.standard_nads();
     node.pod("a", "blue");
     let pod = Netns::new("vlpa");
@@ -154,9 +148,8 @@ fn netns_that_does_not_exist_is_code_3() {
     assert_clean(&node, &pod);
 }
 
-#[test]
-fn nad_with_broken_config_names_the_network() {
-    let node = Node::new();
+fn nad_with_broken_config_names_the_network(mode: Mode) {
+    let node = Node::with_mode(mode);
     node.manifest(
         "nad-bad.yaml",
         "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: bad}\nspec:\n  config: '{not json'\n",
@@ -169,3 +162,14 @@ fn nad_with_broken_config_names_the_network() {
     assert!(msg.contains("default/bad"), "{msg}");
     assert_clean(&node, &pod);
 }
+
+in_both_modes!(
+    malformed_json_is_code_6,
+    missing_cni_variables_are_code_4,
+    unknown_cni_version_is_code_1,
+    unknown_nad_is_code_7_and_creates_nothing,
+    malformed_annotation_is_rejected,
+    delegate_binary_that_does_not_exist_is_code_7,
+    netns_that_does_not_exist_is_code_3,
+    nad_with_broken_config_names_the_network,
+);
