@@ -4,17 +4,23 @@
 //! exactly what the agent uses, the CRD file is `virtlink crd`'s output, and
 //! the examples are consistent with each other and with the device plugin's
 //! pools. KubeVirt's VirtualMachine has no k8s-openapi type: it is checked
-//! field by field.
+//! field by field. The admission policy's CEL expressions are evaluated
+//! with the `cel` crate against admission requests built here (no API
+//! server can run on this machine).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Resource;
 use netattach::nad::NetworkAttachmentDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -80,6 +86,8 @@ struct Parsed {
     configmaps: Vec<ConfigMap>,
     nads: Vec<NetworkAttachmentDefinition>,
     crds: Vec<CustomResourceDefinition>,
+    policies: Vec<ValidatingAdmissionPolicy>,
+    policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
     vms: Vec<Value>,
 }
 
@@ -107,6 +115,12 @@ fn parse_all() -> Parsed {
                 p.crds.push(round_trip(f, v))
             }
             ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition") => p.nads.push(round_trip(f, v)),
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                p.policies.push(round_trip(f, v))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                p.policy_bindings.push(round_trip(f, v))
+            }
             ("kubevirt.io/v1", "VirtualMachine") => p.vms.push(v.clone()),
             other => panic!("{}: unexpected object {other:?}", f.display()),
         }
@@ -158,6 +172,190 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         ("ServiceAccount", sa.as_str())
     );
     assert_eq!(subj.namespace.as_deref(), Some(ns.as_str()));
+}
+
+/// What the API server decides for one request under `policy`, evaluated
+/// the way it does: every match condition must hold, then the variables are
+/// computed in order, then the first failing validation denies with its
+/// message. `Ok(false)`: the policy does not apply.
+fn admit(
+    policy: &ValidatingAdmissionPolicy,
+    request: &Value,
+    object: &Value,
+    old: &Value,
+) -> Result<bool, String> {
+    use cel::{Context, Program, Value as Cel};
+    let spec = policy.spec.as_ref().unwrap();
+    let mut ctx = Context::default();
+    ctx.add_variable("request", request.clone()).unwrap();
+    ctx.add_variable("object", object.clone()).unwrap();
+    ctx.add_variable("oldObject", old.clone()).unwrap();
+    let eval = |ctx: &Context, e: &str| -> Cel {
+        Program::compile(e)
+            .unwrap_or_else(|err| panic!("{e}: {err}"))
+            .execute(ctx)
+            .unwrap_or_else(|err| panic!("{e}: {err}"))
+    };
+    for c in spec.match_conditions.clone().unwrap_or_default() {
+        if eval(&ctx, &c.expression) != Cel::Bool(true) {
+            return Ok(false);
+        }
+    }
+    let mut vars: std::collections::HashMap<String, Cel> = Default::default();
+    for v in spec.variables.clone().unwrap_or_default() {
+        let value = eval(&ctx, &v.expression);
+        vars.insert(v.name, value);
+        ctx.add_variable_from_value("variables", vars.clone());
+    }
+    for v in spec.validations.clone().unwrap_or_default() {
+        match eval(&ctx, &v.expression) {
+            Cel::Bool(true) => {}
+            Cel::Bool(false) => {
+                return Err(match &v.message_expression {
+                    Some(e) => match eval(&ctx, e) {
+                        Cel::String(s) => s.to_string(),
+                        other => panic!("{e}: not a string: {other:?}"),
+                    },
+                    None => v.message.clone().unwrap_or_default(),
+                });
+            }
+            other => panic!("{}: not a bool: {other:?}", v.expression),
+        }
+    }
+    Ok(true)
+}
+
+#[test]
+fn admission_policy_lets_an_agent_write_only_its_own_nodes_slices() {
+    let p = parse_all();
+    assert_eq!(p.policies.len(), 1);
+    let policy = &p.policies[0];
+    let name = policy.metadata.name.clone().unwrap();
+    let binding = &p.policy_bindings[0];
+    let bspec = &binding.spec;
+    assert_eq!(bspec.policy_name, name);
+    assert_eq!(bspec.validation_actions, vec!["Deny".to_string()]);
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let rules = spec
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .clone()
+        .unwrap();
+    assert_eq!(
+        rules[0].resources,
+        Some(vec![
+            virtlink_vnet::model::NetworkEndpointSlice::plural(&()).to_string()
+        ])
+    );
+    assert_eq!(
+        rules[0].api_groups,
+        Some(vec![
+            virtlink_vnet::model::NetworkEndpointSlice::group(&()).to_string()
+        ])
+    );
+
+    // The agent's user name, from the DaemonSet's service account.
+    let ds = &p.daemonsets[0];
+    let sa = ds.spec.template.spec.as_ref().unwrap();
+    let agent = format!(
+        "system:serviceaccount:{}:{}",
+        ds.metadata.namespace.as_deref().unwrap(),
+        sa.service_account_name.as_deref().unwrap()
+    );
+    let request = |user: &str, op: &str, node: Option<&str>| {
+        let mut r = serde_json::json!({"operation": op, "userInfo": {"username": user}});
+        if let Some(n) = node {
+            r["userInfo"]["extra"] =
+                serde_json::json!({"authentication.kubernetes.io/node-name": [n]});
+        }
+        r
+    };
+    let slice = |node: &str, label: &str| {
+        serde_json::json!({
+            "apiVersion": "virtlink.io/v1alpha1", "kind": "NetworkEndpointSlice",
+            "metadata": {"name": format!("blue.{node}"),
+                         "labels": {"virtlink.io/network": "blue", "virtlink.io/node": label}},
+            "spec": {"network": "blue", "node": node, "nodeIp": "192.168.0.1", "endpoints": []}
+        })
+    };
+    let none = Value::Null;
+    let (a, b) = (slice("node-a", "node-a"), slice("node-b", "node-b"));
+
+    // Its own node's slice: create, update, delete.
+    assert_eq!(
+        admit(
+            policy,
+            &request(&agent, "CREATE", Some("node-a")),
+            &a,
+            &none
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        admit(policy, &request(&agent, "UPDATE", Some("node-a")), &a, &a),
+        Ok(true)
+    );
+    assert_eq!(
+        admit(
+            policy,
+            &request(&agent, "DELETE", Some("node-a")),
+            &none,
+            &a
+        ),
+        Ok(true)
+    );
+    // Another node's: refused, saying whose.
+    let denied = admit(
+        policy,
+        &request(&agent, "CREATE", Some("node-a")),
+        &b,
+        &none,
+    );
+    assert!(
+        denied
+            .as_ref()
+            .is_err_and(|m| m.contains("node node-a") && m.contains("node-b")),
+        "{denied:?}"
+    );
+    assert!(admit(policy, &request(&agent, "UPDATE", Some("node-a")), &b, &b).is_err());
+    assert!(admit(
+        policy,
+        &request(&agent, "DELETE", Some("node-a")),
+        &none,
+        &b
+    )
+    .is_err());
+    // Taking over another node's slice, or giving its own away.
+    assert!(admit(policy, &request(&agent, "UPDATE", Some("node-a")), &a, &b).is_err());
+    assert!(admit(policy, &request(&agent, "UPDATE", Some("node-a")), &b, &a).is_err());
+    // Its own node in spec but another's label (what other agents select on).
+    let mislabelled = slice("node-a", "node-b");
+    assert!(admit(
+        policy,
+        &request(&agent, "CREATE", Some("node-a")),
+        &mislabelled,
+        &none
+    )
+    .is_err());
+    // A token without the node's name (a cluster older than 1.30).
+    let old = admit(policy, &request(&agent, "CREATE", None), &a, &none);
+    assert!(
+        old.as_ref().is_err_and(|m| m.contains("no node name")),
+        "{old:?}"
+    );
+    // Anyone else (an administrator) is not this policy's business.
+    assert_eq!(
+        admit(
+            policy,
+            &request("kubernetes-admin", "CREATE", None),
+            &b,
+            &none
+        ),
+        Ok(false)
+    );
 }
 
 #[test]
