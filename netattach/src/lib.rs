@@ -5,9 +5,13 @@
 //! - [`selection`]: the pod annotation `k8s.v1.cni.cncf.io/networks` (short and JSON forms).
 //! - [`status`]: the NPWG `network-status` list and `device-info`.
 //! - [`netns`]: running code inside a network namespace on a dedicated thread.
+//! - `netlink` (feature `netlink`): a small synchronous rtnetlink wrapper for
+//!   the calling thread's namespace (links, addresses, routes).
 
 #[cfg(feature = "nad")]
 pub mod nad;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod netns;
 pub mod selection;
 pub mod status;

@@ -12,8 +12,8 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
-use crate::netlink::{Link, Netlink, Route4};
 use crate::tap;
+use netattach::netlink::{self, Link, Netlink, Route4};
 
 /// IFALIASZ - 1.
 const MAX_ALIAS: usize = 255;
@@ -26,7 +26,7 @@ pub enum Error {
     Netlink {
         step: &'static str,
         #[source]
-        source: crate::netlink::Error,
+        source: netlink::Error,
     },
     #[error("create tap")]
     Tap(#[source] tap::Error),
@@ -40,7 +40,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn nl(step: &'static str) -> impl FnOnce(crate::netlink::Error) -> Error {
+fn nl(step: &'static str) -> impl FnOnce(netlink::Error) -> Error {
     move |source| Error::Netlink { step, source }
 }
 
@@ -136,7 +136,7 @@ pub fn bind(
         Some(s) => s,
         None => Saved {
             version: 1,
-            mac: pod.mac.unwrap_or_default(),
+            mac: pod.mac.map(Mac).unwrap_or_default(),
             addrs: n
                 .global_addrs(pod.index)
                 .map_err(nl("read pod addresses"))?,
@@ -156,7 +156,7 @@ pub fn bind(
         // A bridge takes its lowest port MAC unless given one: it must never
         // take the guest's.
         let own = Mac::random().map_err(Error::RandomMac)?;
-        n.set_mac(&br, own).map_err(nl("set bridge MAC"))?;
+        n.set_mac(&br, own.octets()).map_err(nl("set bridge MAC"))?;
     }
     let alias = serde_json::to_string(&saved).unwrap_or_default();
     if alias.len() > MAX_ALIAS {
@@ -185,13 +185,13 @@ pub fn bind(
             .map_err(nl("remove pod interface address"))?;
     }
     if keep_mac {
-        if pod.mac != Some(guest) {
-            n.set_mac(&pod, guest)
+        if pod.mac != Some(guest.octets()) {
+            n.set_mac(&pod, guest.octets())
                 .map_err(nl("give pod interface the guest's MAC"))?;
         }
-    } else if pod.mac == Some(saved.mac) {
+    } else if pod.mac == Some(saved.mac.octets()) {
         let fresh = Mac::random().map_err(Error::RandomMac)?;
-        n.set_mac(&pod, fresh)
+        n.set_mac(&pod, fresh.octets())
             .map_err(nl("give pod interface a new MAC"))?;
     }
     n.set_controller(&pod, Some(br.index))
@@ -199,7 +199,7 @@ pub fn bind(
     n.set_up(&pod).map_err(nl("set pod interface up"))?;
     if keep_mac {
         let pod = link(&n, pod_if, "find pod interface")?;
-        n.del_local_fdb(&pod, guest)
+        n.del_local_fdb(&pod, guest.octets())
             .map_err(nl("forward the guest's MAC to the tap"))?;
     }
     let br = link(&n, &br_name, "find bridge")?;
@@ -232,7 +232,7 @@ pub fn unbind(pod_if: &str, tap_name: &str) -> Result<Option<Saved>> {
         }
         if let Some(s) = &saved {
             let pod = link(&n, pod_if, "find pod interface")?;
-            n.set_mac(&pod, s.mac)
+            n.set_mac(&pod, s.mac.octets())
                 .map_err(nl("restore pod interface MAC"))?;
             n.set_up(&pod).map_err(nl("set pod interface up"))?;
             for a in &s.addrs {

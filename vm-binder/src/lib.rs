@@ -15,7 +15,6 @@ pub mod hypervisor;
 pub mod launcher;
 pub mod mac;
 pub mod masquerade;
-pub mod netlink;
 pub mod plugin;
 pub mod spec;
 pub mod sriov;
@@ -25,6 +24,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
+use netattach::netlink;
 use netattach::status::NetworkStatus;
 use serde::{Deserialize, Serialize};
 
@@ -684,7 +684,7 @@ fn masquerade_bind(
             }
         }
     }
-    let tap_mac = t.mac.ok_or_else(|| Error::Step {
+    let tap_mac = t.mac.map(Mac).ok_or_else(|| Error::Step {
         iface: iface.to_string(),
         step: "read tap MAC",
         source: format!("tap {tap_name} has no MAC").into(),

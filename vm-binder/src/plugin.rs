@@ -29,10 +29,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use netattach::netlink;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{BindingKind, PlannedInterface, Vm, VmiSpec};
-use crate::{dhcp, dhcpv6, masquerade, netlink, BindOptions, Error, Mac, Result, Target};
+use crate::{dhcp, dhcpv6, masquerade, BindOptions, Error, Mac, Result, Target};
 
 /// The primary pod interface (KubeVirt's `PrimaryPodInterfaceName`).
 pub const PRIMARY_POD_INTERFACE: &str = "eth0";
@@ -263,7 +264,7 @@ pub fn add(req: &Request) -> Result<Added> {
         // The guest's MAC is what KubeVirt copies to the domain: the pod
         // interface's (the connectivity plugin gave it the VM spec's
         // macAddress of a secondary network, when there is one).
-        let pod_mac = pod_link.mac.ok_or_else(|| Error::Step {
+        let pod_mac = pod_link.mac.map(Mac).ok_or_else(|| Error::Step {
             iface: req.logic_network.clone(),
             step: "read pod interface MAC",
             source: format!("{pod_interface} has no MAC").into(),
@@ -314,7 +315,7 @@ pub fn add(req: &Request) -> Result<Added> {
                     TapRecord {
                         name: t.name.clone(),
                         index: t.index,
-                        mac: t.mac.unwrap_or(pod_mac),
+                        mac: t.mac.map(Mac).unwrap_or(pod_mac),
                     },
                     l6.clone(),
                 )),
@@ -330,7 +331,7 @@ pub fn add(req: &Request) -> Result<Added> {
         Ok(Added {
             pod_interface: pod_interface.clone(),
             tap: tap.clone(),
-            tap_mac: tap_link.and_then(|t| t.mac),
+            tap_mac: tap_link.and_then(|t| t.mac).map(Mac),
             guest_mac: bound.mac,
             mtu: pod_link.mtu,
         })

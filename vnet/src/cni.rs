@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
+use netattach::netlink::{Netlink, Route4};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,7 +22,6 @@ use crate::model::{
     self, check_collisions, endpoint_mac, format_mac, parse_mac, EndpointRecord, Network,
     NetworkEndpointSliceSpec, VirtualNetworkSpec,
 };
-use crate::netlink::{self, Netlink};
 use crate::node::{self, in_ns, Node, NodeConfig};
 use crate::registry;
 use crate::store::{self, ClusterDir, NodeDir};
@@ -532,6 +532,13 @@ fn create_veth(
     addr: (Ipv4Addr, u8),
     net: &Network,
 ) -> Result<[u8; 6]> {
+    let addr = Ipv4Net::new(addr.0, addr.1).map_err(|e| {
+        Failure::chain(
+            code::DATAPATH,
+            &format!("address {}/{}", addr.0, addr.1),
+            &e,
+        )
+    })?;
     let tmp = format!("vp{}", &host[2..]);
     let (h, t, mtu, ns) = (
         host.to_string(),
@@ -543,7 +550,7 @@ fn create_veth(
         let nl = Netlink::new()?;
         nl.del_link(&h)?;
         nl.add_veth(&h, &t, mtu)?;
-        if let Err(e) = netlink::disable_ipv6(&h) {
+        if let Err(e) = node::disable_ipv6(&h) {
             tracing::debug!(error = %e, iface = %h, "disable IPv6");
         }
         let link = nl.link(&h)?.ok_or_else(|| node::Error::NoLink(h.clone()))?;
@@ -558,20 +565,24 @@ fn create_veth(
         let nl = Netlink::new()?;
         let link = nl.link(&t)?.ok_or_else(|| node::Error::NoLink(t.clone()))?;
         nl.configure(&link, &name, Some(mac), mtu)?;
-        if let Err(e) = netlink::disable_ipv6(&name) {
+        if let Err(e) = node::disable_ipv6(&name) {
             tracing::debug!(error = %e, iface = %name, "disable IPv6");
         }
         let link = nl
             .link(&name)?
             .ok_or_else(|| node::Error::NoLink(name.clone()))?;
         nl.set_up(&link)?;
-        nl.add_addr(&link, addr.0, addr.1)?;
-        for c in cidrs.iter().filter(|c| !c.contains(&addr.0)) {
-            nl.add_onlink_route(&link, *c)?;
+        nl.add_addr(&link, addr.into())?;
+        for c in cidrs.iter().filter(|c| !c.contains(&addr.addr())) {
+            let on_link = Route4 {
+                dst: *c,
+                gateway: None,
+            };
+            nl.add_route4(&link, on_link)?;
         }
         // Egress: everything else through the gateway (the node).
         if let Some(gw) = egress_gateway {
-            nl.add_default_route(&link, gw)?;
+            nl.add_default_route(&link, gw.into())?;
         }
         Ok(())
     });

@@ -11,14 +11,14 @@
 //! - [`node`]: one node's datapath state ([`node::Node`]): the VXLAN device,
 //!   the pinned eBPF maps and links, applied idempotently with pruning;
 //! - [`cni`]: the CNI type `"virtlink"` (ADD, DEL, CHECK), called in-process
-//!   by virtlink-cni;
-//! - [`netlink`]: the few rtnetlink requests the above need.
+//!   by virtlink-cni.
+//!
+//! Links, addresses and routes go through [`netattach::netlink`].
 
 pub mod cni;
 pub mod egress;
 pub mod ipam;
 pub mod model;
-pub mod netlink;
 pub mod node;
 pub mod registry;
 pub mod store;

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use netattach::netlink::{self, Netlink};
 use virtlink_xdp::common::vnet::{
     VnConfig, VnCounter, VnEndpoint, VnEndpointKey, VnIface, VnNetwork, VN_FLAG_EGRESS,
 };
@@ -18,8 +19,6 @@ use virtlink_xdp::isolation::{pod_link_name, raw, Isolation, Pins, TUNNEL_LINK};
 
 use crate::egress;
 use crate::model::{self, check_collisions, Network};
-
-use crate::netlink::{self, Netlink};
 use crate::store::{self, ClusterDir, NodeDir};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +163,7 @@ impl Node {
                     kind: link.kind.clone().unwrap_or_else(|| "unknown".into()),
                 });
             }
-            if let Err(e) = netlink::disable_ipv6(&c.vxlan) {
+            if let Err(e) = disable_ipv6(&c.vxlan) {
                 tracing::debug!(error = %e, "disable IPv6 on the VXLAN device");
             }
             nl.set_up(&link)?;
@@ -451,4 +450,15 @@ fn apply_here(dir: &Path, d: &Desired) -> Result<Applied> {
         egress::apply(&egress_eps)?;
     }
     Ok(out)
+}
+
+/// Turns off IPv6 on `ifname` in the calling thread's namespace: the
+/// isolated networks are IPv4 and the programs drop (and count) anything
+/// else, so the interface should not send router solicitations.
+pub(crate) fn disable_ipv6(ifname: &str) -> std::io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
 }
