@@ -2,7 +2,8 @@
 //! pod's eth0 is a `"type": "virtlink"` attachment on node 1, the bridge
 //! binding hands its address and MAC to the guest, and the guest reaches a
 //! pod of the same network on node 2 over VXLAN (and is reached from it).
-//! A pod of another tenant with the same address on node 2 sees nothing.
+//! A pod of another tenant with the same address on node 2 sees nothing,
+//! and what the guest sends from another IP or MAC is dropped and counted.
 
 mod common;
 
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use virtlink_vnet::model::{Network, VirtualNetworkSpec};
 use virtlink_vnet::node::{remove_pins, Node, NodeConfig};
 use virtlink_vnet::store::ClusterDir;
+use virtlink_xdp::common::vnet::VnCounter;
 
 /// A node namespace with its pins, removed on drop.
 struct TestNode {
@@ -156,6 +158,50 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
         blue_rx,
         "the guest's traffic reached the other tenant"
     );
+
+    // The guest spoofs: another source IP, then another MAC. Node 1's
+    // program drops and counts both; the red pod on node 2 sees nothing.
+    let pins = virtlink_xdp::isolation::Pins::new(&n1.cfg.pin_dir());
+    let rx = |ns: &Ns| ns.exec("cat", &["/sys/class/net/net1/statistics/rx_packets"]);
+    let mut o = guest_ip.parse::<Ipv4Addr>()?.octets();
+    o[3] = if o[3] == 200 { 201 } else { 200 };
+    let spoofed = Ipv4Addr::from(o);
+    guest.run_ok(
+        &format!("ip addr add {spoofed}/32 dev eth0"),
+        Duration::from_secs(20),
+    )?;
+    let (drops, red_rx) = (pins.counter(VnCounter::DropSpoofIp)?, rx(&red_pod)?);
+    let out = guest.run(
+        &format!("ping -c 2 -W 2 -I {spoofed} {red_ip}"),
+        Duration::from_secs(30),
+    )?;
+    assert_ne!(
+        out.status, 0,
+        "a spoofed source IP got an answer: {}",
+        out.output
+    );
+    assert!(
+        pins.counter(VnCounter::DropSpoofIp)? > drops,
+        "not counted as spoofed IP"
+    );
+    assert_eq!(
+        rx(&red_pod)?,
+        red_rx,
+        "a spoofed source IP reached the red pod"
+    );
+    guest.run_ok(
+        &format!("ip addr del {spoofed}/32 dev eth0; ip link set eth0 address 0a:58:0a:0b:00:63"),
+        Duration::from_secs(20),
+    )?;
+    let (drops, red_rx) = (pins.counter(VnCounter::DropSpoofMac)?, rx(&red_pod)?);
+    let out = guest.run(&format!("ping -c 2 -W 2 {red_ip}"), Duration::from_secs(30))?;
+    assert_ne!(out.status, 0, "a spoofed MAC got an answer: {}", out.output);
+    assert!(
+        pins.counter(VnCounter::DropSpoofMac)? > drops,
+        "not counted as spoofed MAC"
+    );
+    assert_eq!(rx(&red_pod)?, red_rx, "a spoofed MAC reached the red pod");
+
     drop(guest);
     binding.unbind(&vm, &[])?;
     Ok(())
