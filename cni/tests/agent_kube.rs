@@ -89,22 +89,6 @@ fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn add(node: &Node, pod: &Netns, name: &str, uid: &str, conf: &Value) -> common::Outcome {
-    node.call_env(
-        "ADD",
-        &pod.path(),
-        &format!("ctr-{name}"),
-        name,
-        conf,
-        &[(
-            "CNI_ARGS",
-            &format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID={uid}"
-            ),
-        )],
-    )
-}
-
 #[test]
 fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
     let mut node = Node::new();
@@ -161,8 +145,8 @@ fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
 
     // a: from the list; b and red: from watch events. No GET for either.
     let (pa, pb) = (Netns::new("vlpa"), Netns::new("vlpb"));
-    add(&node, &pa, "a", UID_A, &conf).expect_ok("ADD a");
-    add(&node, &pb, "b", UID_B, &conf).expect_ok("ADD b");
+    node.add_pod(&pa, "a", UID_A, &conf).expect_ok("ADD a");
+    node.add_pod(&pb, "b", UID_B, &conf).expect_ok("ADD b");
     assert_eq!(pa.links(), vec!["eth0", "pod1a2b3c4d5e6"]);
     assert_eq!(pb.links(), vec!["eth0", "net1"]);
     let reqs = api.requests();
@@ -196,7 +180,8 @@ fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
 
     // c is not in the cache (its watch event has not come): one GET.
     let pc = Netns::new("vlpc");
-    add(&node, &pc, "c", UID_C, &conf).expect_ok("ADD c (cache miss)");
+    node.add_pod(&pc, "c", UID_C, &conf)
+        .expect_ok("ADD c (cache miss)");
     assert!(
         api.requests()
             .iter()
@@ -205,7 +190,8 @@ fn add_is_served_from_the_watch_cache_and_network_status_is_patched() {
     );
     // A pod the API does not know either: retry later.
     let pz = Netns::new("vlpz");
-    add(&node, &pz, "zz", "uid-z", &conf).expect_err(11, "unknown pod");
+    node.add_pod(&pz, "zz", "uid-z", &conf)
+        .expect_err(11, "unknown pod");
 
     let m = http_get(&node, port, "/metrics").1;
     assert_eq!(
@@ -273,7 +259,9 @@ fn api_down_means_not_ready_and_add_retries_later() {
     )
     .0 == 200));
     let pod = Netns::new("vlpa");
-    let msg = add(&node, &pod, "a", UID_A, &conf).expect_err(11, "ADD with the API down");
+    let msg = node
+        .add_pod(&pod, "a", UID_A, &conf)
+        .expect_err(11, "ADD with the API down");
     assert!(msg.contains("get pod default/a"), "{msg}");
     assert_eq!(http_get(&node, port, "/readyz").0, 503);
     node.call("DEL", Some(&pod), "ctr-a", "a", &conf)

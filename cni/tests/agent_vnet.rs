@@ -39,6 +39,46 @@ impl Drop for Pins {
     }
 }
 
+/// A node (direct-mode CNI until an agent is started on it) with its own
+/// vnet node name, cluster and state directories, and the substitutions
+/// that put them into the recorded API responses.
+struct Setup {
+    node: Node,
+    node_name: String,
+    cluster: PathBuf,
+    vstate: PathBuf,
+    _pins: Pins,
+    subst: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let node = Node::new();
+        let node_name = unique("vnk");
+        let cluster: PathBuf = node.dir.path().join("cluster");
+        let vstate = node.dir.path().join("vnet");
+        let _pins = Pins(virtlink_vnet::node::NodeConfig::new(
+            &node_name,
+            "192.168.65.1".parse().unwrap(),
+            &cluster,
+            &vstate,
+        ));
+        let subst = vec![
+            ("@NODE@", node_name.clone()),
+            ("@CLUSTER@", cluster.display().to_string()),
+            ("@VSTATE@", vstate.display().to_string()),
+        ];
+        Self {
+            node,
+            node_name,
+            cluster,
+            vstate,
+            _pins,
+            subst,
+        }
+    }
+}
+
 /// A recorded response with this test's paths and node name filled in.
 fn fill(name: &str, subst: &[(&str, String)]) -> String {
     let mut text = fixture(name, "");
@@ -139,22 +179,6 @@ fn stats(node_name: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn add(node: &Node, pod: &Netns, name: &str, uid: &str, conf: &Value) -> common::Outcome {
-    node.call_env(
-        "ADD",
-        &pod.path(),
-        &format!("ctr-{name}"),
-        name,
-        conf,
-        &[(
-            "CNI_ARGS",
-            &format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID={uid}"
-            ),
-        )],
-    )
-}
-
 /// The SSA PATCHes of slice `name`, in order.
 fn applies(api: &FakeApi, name: &str) -> Vec<Request> {
     api.requests()
@@ -216,21 +240,14 @@ fn slices_and_networks_sync_with_the_api_and_forwarding_survives_its_loss() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let mut node = Node::new();
-    let node_name = unique("vnk");
-    let cluster: PathBuf = node.dir.path().join("cluster");
-    let vstate = node.dir.path().join("vnet");
-    let _pins = Pins(virtlink_vnet::node::NodeConfig::new(
-        &node_name,
-        "192.168.65.1".parse().unwrap(),
-        &cluster,
-        &vstate,
-    ));
-    let subst = vec![
-        ("@NODE@", node_name.clone()),
-        ("@CLUSTER@", cluster.display().to_string()),
-        ("@VSTATE@", vstate.display().to_string()),
-    ];
+    let Setup {
+        mut node,
+        node_name,
+        cluster,
+        vstate,
+        _pins,
+        subst,
+    } = Setup::new();
     let feed = Arc::new(Feed::default());
     let api = start_api(&node, 0, subst.clone(), feed.clone());
     let port = api.port;
@@ -278,8 +295,8 @@ fn slices_and_networks_sync_with_the_api_and_forwarding_survives_its_loss() {
 
     // Two pods of vblue on this node: the agent applies its slice.
     let (pa, pb) = (Netns::new("vlka"), Netns::new("vlkb"));
-    add(&node, &pa, "va", UID_VA, &conf).expect_ok("ADD va");
-    add(&node, &pb, "vb", UID_VB, &conf).expect_ok("ADD vb");
+    node.add_pod(&pa, "va", UID_VA, &conf).expect_ok("ADD va");
+    node.add_pod(&pb, "vb", UID_VB, &conf).expect_ok("ADD vb");
     let mine = format!("vblue.{node_name}");
     wait(
         "slice applied with both endpoints",
@@ -545,21 +562,14 @@ fn a_first_claim_reads_the_api_and_yields_to_a_rival() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let mut node = Node::new();
-    let node_name = unique("vnk");
-    let cluster: PathBuf = node.dir.path().join("cluster");
-    let vstate = node.dir.path().join("vnet");
-    let _pins = Pins(virtlink_vnet::node::NodeConfig::new(
-        &node_name,
-        "192.168.65.1".parse().unwrap(),
-        &cluster,
-        &vstate,
-    ));
-    let subst = vec![
-        ("@NODE@", node_name.clone()),
-        ("@CLUSTER@", cluster.display().to_string()),
-        ("@VSTATE@", vstate.display().to_string()),
-    ];
+    let Setup {
+        mut node,
+        node_name,
+        cluster,
+        vstate,
+        _pins,
+        subst,
+    } = Setup::new();
     // The API holds node-2's slice of vblue, which claims the first block;
     // this node has no member of vblue, so it has not mirrored that slice.
     let mut node2: Value = serde_json::from_str(&fill("slices-vblue-list.json", &subst)).unwrap();
@@ -606,7 +616,7 @@ fn a_first_claim_reads_the_api_and_yields_to_a_rival() {
     // shows both claims), and this node, the greater name, withdraws and
     // claims the one after. All of it before the ADD returns.
     let (pa, pb) = (Netns::new("vlka"), Netns::new("vlkb"));
-    add(&node, &pa, "va", UID_VA, &conf).expect_ok("ADD va");
+    node.add_pod(&pa, "va", UID_VA, &conf).expect_ok("ADD va");
     assert_eq!(pa.addrs("net1"), ["10.65.0.32/24"], "{}", log());
     let mine = format!("vblue.{node_name}");
     let calls: Vec<Request> = api
@@ -662,7 +672,7 @@ fn a_first_claim_reads_the_api_and_yields_to_a_rival() {
     assert!(cluster.join("slices/vblue/node-0.yaml").exists());
 
     // The second ADD allocates inside the node's own block.
-    add(&node, &pb, "vb", UID_VB, &conf).expect_ok("ADD vb");
+    node.add_pod(&pb, "vb", UID_VB, &conf).expect_ok("ADD vb");
     assert_eq!(pb.addrs("net1"), ["10.65.0.33/24"]);
     assert!(pa.ping("10.65.0.33"), "va -> vb");
     wait(

@@ -455,6 +455,24 @@ impl Node {
         )
     }
 
+    /// ADD of the pod `name` (uid `uid`) through `conf`, with the pod's
+    /// uid in CNI_ARGS as kubelet's runtime passes it.
+    pub fn add_pod(&self, pod: &Netns, name: &str, uid: &str, conf: &Value) -> Outcome {
+        self.call_env(
+            "ADD",
+            &pod.path(),
+            &format!("ctr-{name}"),
+            name,
+            conf,
+            &[(
+                "CNI_ARGS",
+                &format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID={uid}"
+                ),
+            )],
+        )
+    }
+
     pub fn call_env(
         &self,
         command: &str,
