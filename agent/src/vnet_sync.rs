@@ -131,19 +131,10 @@ async fn watch_networks(ctx: Ctx, mut stop: watch::Receiver<bool>) {
                 tracing::warn!(error = %e, "VirtualNetwork watch error (retrying; the mirror stays)");
                 continue;
             }
-            Some(Ok(watcher::Event::Init)) => {
-                listed.clear();
-                continue;
-            }
-            Some(Ok(watcher::Event::InitApply(vn))) => {
-                listed.push(vn);
-                continue;
-            }
-            Some(Ok(watcher::Event::InitDone)) => NetChange::All(std::mem::take(&mut listed)),
-            Some(Ok(watcher::Event::Apply(vn))) => NetChange::Put(Box::new(vn)),
-            Some(Ok(watcher::Event::Delete(vn))) => {
-                NetChange::Remove(vn.metadata.name.unwrap_or_default())
-            }
+            Some(Ok(event)) => match fold(event, &mut listed) {
+                Some(change) => change,
+                None => continue,
+            },
         };
         let cluster = ctx.cluster();
         match blocking(move || change.write(&cluster)).await {
@@ -155,10 +146,40 @@ async fn watch_networks(ctx: Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-enum NetChange {
-    All(Vec<VirtualNetwork>),
-    Put(Box<VirtualNetwork>),
-    Remove(String),
+/// One change of a mirrored collection: the whole list (after a watch's
+/// initial list or relist), one object put, one object removed.
+enum Change<K> {
+    All(Vec<K>),
+    Put(K),
+    Remove(K),
+}
+
+impl<K> Change<K> {
+    fn map<T>(self, f: impl Fn(K) -> T) -> Change<T> {
+        match self {
+            Change::All(list) => Change::All(list.into_iter().map(f).collect()),
+            Change::Put(k) => Change::Put(f(k)),
+            Change::Remove(k) => Change::Remove(f(k)),
+        }
+    }
+}
+
+/// Folds one watcher event into a change: the objects of an initial list
+/// are collected until its end, which gives the whole list at once.
+fn fold<K>(event: watcher::Event<K>, listed: &mut Vec<K>) -> Option<Change<K>> {
+    match event {
+        watcher::Event::Init => {
+            listed.clear();
+            None
+        }
+        watcher::Event::InitApply(k) => {
+            listed.push(k);
+            None
+        }
+        watcher::Event::InitDone => Some(Change::All(std::mem::take(listed))),
+        watcher::Event::Apply(k) => Some(Change::Put(k)),
+        watcher::Event::Delete(k) => Some(Change::Remove(k)),
+    }
 }
 
 /// A valid network from the API, or `None` (logged).
@@ -172,11 +193,11 @@ fn valid(vn: &VirtualNetwork) -> Option<Network> {
     }
 }
 
-impl NetChange {
+impl Change<VirtualNetwork> {
     fn write(self, cluster: &ClusterDir) -> Result<()> {
         ensure_dir(cluster)?;
         match self {
-            NetChange::All(list) => {
+            Change::All(list) => {
                 let nets: Vec<Network> = list.iter().filter_map(valid).collect();
                 let names: BTreeSet<&str> = nets.iter().map(|n| n.name.as_str()).collect();
                 for old in cluster.network_names()? {
@@ -188,7 +209,7 @@ impl NetChange {
                     cluster.put_network(n)?;
                 }
             }
-            NetChange::Put(vn) => match valid(&vn) {
+            Change::Put(vn) => match valid(&vn) {
                 Some(n) => cluster.put_network(&n)?,
                 None => {
                     if let Some(name) = &vn.metadata.name {
@@ -196,7 +217,11 @@ impl NetChange {
                     }
                 }
             },
-            NetChange::Remove(name) => cluster.remove_network(&name)?,
+            Change::Remove(vn) => {
+                if let Some(name) = &vn.metadata.name {
+                    cluster.remove_network(name)?
+                }
+            }
         }
         Ok(())
     }
@@ -220,7 +245,7 @@ async fn watch_slices(ctx: Ctx, network: String, mut stop: watch::Receiver<bool>
     let cfg = watcher::Config::default().labels(&format!("{NETWORK_LABEL}={network}"));
     let stream = watcher(api, cfg).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut listed: Vec<NetworkEndpointSliceSpec> = Vec::new();
+    let mut listed: Vec<NetworkEndpointSlice> = Vec::new();
     loop {
         let event = tokio::select! {
             _ = stop.changed() => return,
@@ -232,17 +257,10 @@ async fn watch_slices(ctx: Ctx, network: String, mut stop: watch::Receiver<bool>
                 tracing::warn!(%network, error = %e, "slice watch error (retrying; the mirror stays)");
                 continue;
             }
-            Some(Ok(watcher::Event::Init)) => {
-                listed.clear();
-                continue;
-            }
-            Some(Ok(watcher::Event::InitApply(s))) => {
-                listed.push(s.spec);
-                continue;
-            }
-            Some(Ok(watcher::Event::InitDone)) => SliceChange::All(std::mem::take(&mut listed)),
-            Some(Ok(watcher::Event::Apply(s))) => SliceChange::Put(s.spec),
-            Some(Ok(watcher::Event::Delete(s))) => SliceChange::Remove(s.spec),
+            Some(Ok(event)) => match fold(event, &mut listed) {
+                Some(change) => change.map(|s| s.spec),
+                None => continue,
+            },
         };
         let (cluster, me, net) = (ctx.cluster(), ctx.node.name.clone(), network.clone());
         match blocking(move || change.write(&cluster, &net, &me)).await {
@@ -255,20 +273,14 @@ async fn watch_slices(ctx: Ctx, network: String, mut stop: watch::Receiver<bool>
     }
 }
 
-enum SliceChange {
-    All(Vec<NetworkEndpointSliceSpec>),
-    Put(NetworkEndpointSliceSpec),
-    Remove(NetworkEndpointSliceSpec),
-}
-
-impl SliceChange {
+impl Change<NetworkEndpointSliceSpec> {
     /// Writes other nodes' slices of `network` (this node's own are its
     /// files, never overwritten from the API); whether anything was written.
     fn write(self, cluster: &ClusterDir, network: &str, me: &str) -> Result<bool> {
         ensure_dir(cluster)?;
         let theirs = |s: &NetworkEndpointSliceSpec| s.node != me && s.network == network;
         match self {
-            SliceChange::All(list) => {
+            Change::All(list) => {
                 let nodes: BTreeSet<&str> = list
                     .iter()
                     .filter(|s| theirs(s))
@@ -284,11 +296,11 @@ impl SliceChange {
                 }
                 Ok(true)
             }
-            SliceChange::Put(s) if theirs(&s) => {
+            Change::Put(s) if theirs(&s) => {
                 cluster.put_slice(&s)?;
                 Ok(true)
             }
-            SliceChange::Remove(s) if theirs(&s) => {
+            Change::Remove(s) if theirs(&s) => {
                 cluster.remove_slice(network, &s.node)?;
                 Ok(true)
             }
@@ -525,11 +537,8 @@ impl virtlink_vnet::registry::Registry for ApiRegistry {
             .map(|s| s.spec)
             .filter(|s| s.network == network)
             .collect();
-        let mirrored = SliceChange::All(specs.clone()).write(
-            &self.ctx.cluster(),
-            network,
-            &self.ctx.node.name,
-        );
+        let mirrored =
+            Change::All(specs.clone()).write(&self.ctx.cluster(), network, &self.ctx.node.name);
         if let Err(e) = mirrored {
             tracing::warn!(%network, error = %virtlink_cni::error_chain(&e), "mirror slices");
         }
