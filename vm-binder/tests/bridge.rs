@@ -64,7 +64,7 @@ fn bridge_bind_unbind_idempotent_and_dhcp() -> Result<()> {
     let original_mac = mac_of(&pod, "eth0");
     assert!(!original_mac.is_empty());
 
-    let binding = bind(&vm, &pod.pod.path, &[], &opts(dir.path()))?;
+    let binding = bind(&vm, pod.pod.path(), &[], &opts(dir.path()))?;
     let iface = &binding.interfaces[0];
     assert_eq!(iface.binding, BindingKind::Bridge);
     assert_eq!(iface.tap.as_deref(), Some("tap0"));
@@ -102,7 +102,7 @@ fn bridge_bind_unbind_idempotent_and_dhcp() -> Result<()> {
     assert_eq!(pod.pod.link("tap0").unwrap()["mtu"], 1450);
 
     // The guest, on tap0, gets the pod's address by DHCP through the bridge.
-    let mut guest = FakeGuest::attach(&pod.pod.path, "tap0", iface.mac.octets())?;
+    let mut guest = FakeGuest::attach(pod.pod.path(), "tap0", iface.mac.octets())?;
     let discover = guest.dhcp_message(MessageType::Discover, 0xb1d9e, None);
     let (_, offer) = guest.exchange(&discover, Duration::from_secs(10))?;
     assert_eq!(msg_type(&offer), Some(MessageType::Offer));
@@ -128,7 +128,7 @@ fn bridge_bind_unbind_idempotent_and_dhcp() -> Result<()> {
     // Binding again (e.g. after a binder restart) changes nothing.
     let bridged_mac = mac_of(&pod, "eth0");
     drop(binding);
-    let again = bind(&vm, &pod.pod.path, &[], &opts(dir.path()))?;
+    let again = bind(&vm, pod.pod.path(), &[], &opts(dir.path()))?;
     assert_eq!(again.interfaces[0].mac.to_string(), original_mac);
     assert_eq!(
         again.interfaces[0].ip.map(|i| i.to_string()).as_deref(),
@@ -139,7 +139,7 @@ fn bridge_bind_unbind_idempotent_and_dhcp() -> Result<()> {
 
     // Unbind restores eth0 and removes bridge and tap; twice is fine.
     again.unbind(&vm, &[])?;
-    unbind(&vm, &pod.pod.path, &[])?;
+    unbind(&vm, pod.pod.path(), &[])?;
     assert!(pod.pod.link("k6t-eth0").is_none());
     assert!(pod.pod.link("tap0").is_none());
     assert_eq!(master(&pod, "eth0"), None);
@@ -164,10 +164,10 @@ fn bridge_bind_names_missing_interface() -> Result<()> {
     if !common::require_root() {
         return Ok(());
     }
-    let ns = common::Ns::new("vbx")?;
+    let ns = common::Netns::with_prefix("vbx")?;
     let vm = Vm::parse(VM)?;
     let dir = tempfile::tempdir()?;
-    let err = bind(&vm, &ns.path, &[], &opts(dir.path())).unwrap_err();
+    let err = bind(&vm, ns.path(), &[], &opts(dir.path())).unwrap_err();
     let chain = format!("{:#}", anyhow::Error::from(err));
     assert!(chain.contains("interface default"), "{chain}");
     assert!(chain.contains("eth0 not found"), "{chain}");

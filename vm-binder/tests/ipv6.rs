@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use common::{Ns, Pod, NET_IP6};
+use common::{Netns, Pod, NET_IP6};
 use vm_binder::{bind, unbind, BindOptions, Vm};
 
 fn guest_file(name: &str) -> PathBuf {
@@ -82,10 +82,10 @@ impl Drop for Pump {
 }
 
 /// A tap named `eth0` in `ns`, up, with `mac`, opened.
-fn guest_tap(ns: &Ns, mac: &str) -> Result<File> {
-    netattach::netns::run_in(&ns.path, || vm_binder::tap::create_persistent("eth0", None))??;
+fn guest_tap(ns: &Netns, mac: &str) -> Result<File> {
+    ns.enter(|| vm_binder::tap::create_persistent("eth0", None))??;
     ns.ip(&["link", "set", "eth0", "address", mac, "up"])?;
-    let file = netattach::netns::run_in(&ns.path, || vm_binder::tap::attach("eth0"))??;
+    let file = ns.enter(|| vm_binder::tap::attach("eth0"))??;
     Ok(file)
 }
 
@@ -112,7 +112,7 @@ fn masquerade_ipv6_guest_configured_by_ra_and_dhcpv6() -> Result<()> {
         resolv_conf: resolv,
         ..Default::default()
     };
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
+    let binding = bind(&vm, pod.pod.path(), &[], &opts)?;
     let iface = binding.interfaces[0].clone();
     assert_eq!(
         iface.ip6.map(|n| n.to_string()).as_deref(),
@@ -125,14 +125,14 @@ fn masquerade_ipv6_guest_configured_by_ra_and_dhcpv6() -> Result<()> {
     assert!(tap_addrs.contains("fd10:0:2::1/120"), "{tap_addrs}");
 
     // The guest: a tap in its own namespace, pumped to the binder's tap.
-    let guest = Ns::new("vbg")?;
+    let guest = Netns::with_prefix("vbg")?;
     let guest_end = guest_tap(&guest, &iface.mac.to_string())?;
-    let pod_end = netattach::netns::run_in(&pod.pod.path, || vm_binder::tap::attach("tap0"))??;
+    let pod_end = pod.pod.enter(|| vm_binder::tap::attach("tap0"))??;
     let pump = Pump::start(pod_end, guest_end);
 
     // dhcpcd with the guest's config and script; `ip netns exec` gives it
     // this namespace's resolv.conf (from /etc/netns/NAME/) to edit.
-    let etc = PathBuf::from("/etc/netns").join(&guest.name);
+    let etc = PathBuf::from("/etc/netns").join(guest.name());
     std::fs::create_dir_all(&etc)?;
     let _etc = RemoveOnDrop(etc.clone());
     std::fs::write(etc.join("resolv.conf"), "nameserver 10.96.0.10\n")?;
@@ -141,7 +141,7 @@ fn masquerade_ipv6_guest_configured_by_ra_and_dhcpv6() -> Result<()> {
     let conf = guest_file("dhcpcd.conf");
     let script = guest_file("dhcpcd.script");
     let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", &guest.name])
+        .args(["60", "ip", "netns", "exec", guest.name()])
         .arg(&dhcpcd)
         .arg("-f")
         .arg(&conf)
@@ -191,7 +191,7 @@ fn masquerade_ipv6_guest_configured_by_ra_and_dhcpv6() -> Result<()> {
     assert!(conntrack.contains("fd10:0:2::2"), "{conntrack}");
 
     drop(pump);
-    unbind(&vm, &pod.pod.path, &[])?;
+    unbind(&vm, pod.pod.path(), &[])?;
     drop(binding);
     assert!(pod.pod.link("tap0").is_none(), "tap left behind");
     Ok(())

@@ -34,8 +34,9 @@ fn opts(dir: &std::path::Path) -> BindOptions {
 
 /// `nft -j list table inet virtlink-default` in the pod, as text.
 fn table(pod: &Pod) -> Result<String> {
-    pod.pod
-        .exec("nft", &["-j", "list", "table", "inet", "virtlink-default"])
+    Ok(pod
+        .pod
+        .exec("nft", &["-j", "list", "table", "inet", "virtlink-default"])?)
 }
 
 #[test]
@@ -46,7 +47,7 @@ fn masquerade_listed_ports_dhcp_and_unbind() -> Result<()> {
     let pod = Pod::new()?;
     let dir = tempfile::tempdir()?;
     let vm = vm(r#","ports":[{"port":8080},{"port":15001},{"port":53,"protocol":"UDP"}]"#)?;
-    let binding = bind(&vm, &pod.pod.path, &[], &opts(dir.path()))?;
+    let binding = bind(&vm, pod.pod.path(), &[], &opts(dir.path()))?;
     let iface = &binding.interfaces[0];
     assert_eq!(
         iface.ip.map(|i| i.to_string()).as_deref(),
@@ -79,7 +80,7 @@ fn masquerade_listed_ports_dhcp_and_unbind() -> Result<()> {
     }
 
     // A guest on the tap gets 10.0.2.2 with everything else.
-    let mut guest = FakeGuest::attach(&pod.pod.path, "tap0", iface.mac.octets())?;
+    let mut guest = FakeGuest::attach(pod.pod.path(), "tap0", iface.mac.octets())?;
     let (src, offer) = guest.exchange(
         &guest.dhcp_message(MessageType::Discover, 0x5151, None),
         Duration::from_secs(10),
@@ -122,14 +123,14 @@ fn masquerade_listed_ports_dhcp_and_unbind() -> Result<()> {
     assert_eq!(msg_type(&ack), Some(MessageType::Ack));
     // Another MAC gets no answer.
     drop(guest);
-    let mut stranger = FakeGuest::attach(&pod.pod.path, "tap0", [2, 9, 9, 9, 9, 9])?;
+    let mut stranger = FakeGuest::attach(pod.pod.path(), "tap0", [2, 9, 9, 9, 9, 9])?;
     let m = stranger.dhcp_message(MessageType::Discover, 0x5153, None);
     assert!(stranger.exchange(&m, Duration::from_secs(2)).is_err());
     drop(stranger);
 
     // Binding twice is harmless (the table is replaced, not duplicated).
     drop(binding);
-    let again = bind(&vm, &pod.pod.path, &[], &opts(dir.path()))?;
+    let again = bind(&vm, pod.pod.path(), &[], &opts(dir.path()))?;
     let json: serde_json::Value = serde_json::from_str(&table(&pod)?)?;
     let dnats = json.to_string().matches("\"dnat\"").count();
     assert_eq!(dnats, 2, "one TCP and one UDP rule: {json}");
@@ -137,7 +138,7 @@ fn masquerade_listed_ports_dhcp_and_unbind() -> Result<()> {
     again.unbind(&vm, &[])?;
     assert!(table(&pod).is_err(), "table still there");
     assert!(pod.pod.link("tap0").is_none());
-    unbind(&vm, &pod.pod.path, &[])?;
+    unbind(&vm, pod.pod.path(), &[])?;
     Ok(())
 }
 
@@ -151,7 +152,7 @@ fn masquerade_all_ports_excludes_istio() -> Result<()> {
     let vm = vm("")?;
     let mut o = opts(dir.path());
     o.dhcp = false;
-    let binding = bind(&vm, &pod.pod.path, &[], &o)?;
+    let binding = bind(&vm, pod.pod.path(), &[], &o)?;
     assert!(binding.dhcp_devices().is_empty());
     let text = table(&pod)?;
     let json: serde_json::Value = serde_json::from_str(&text)?;

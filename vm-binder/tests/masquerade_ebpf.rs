@@ -77,14 +77,14 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
         dhcp: false,
         ..Default::default()
     };
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
+    let binding = bind(&vm, pod.pod.path(), &[], &opts)?;
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, pod.pod.path(), "default");
     assert!(pins.join("link_guest_ingress").exists());
     let listed = vm_binder::pin_dirs(bpffs.0.path(), "test", "masq");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].1, pins);
     assert!(pins.join("link_pod_ingress").exists());
-    let attached = netattach::netns::run_in(&pod.pod.path, || {
+    let attached = pod.pod.enter(|| {
         virtlink_xdp::tcx_programs("eth0")
             .and_then(|a| Ok((a, virtlink_xdp::tcx_programs("tap0")?)))
     })??;
@@ -97,7 +97,7 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
         .and_then(|l| l["address"].as_str().map(str::to_string))
         .unwrap_or_default()
         .parse()?;
-    let mut guest = FakeGuest::attach(&pod.pod.path, "tap0", mac)?;
+    let mut guest = FakeGuest::attach(pod.pod.path(), "tap0", mac)?;
     // The fake guest does not answer ARP.
     pod.pod.ip(&[
         "neigh",
@@ -110,9 +110,9 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
         "nud",
         "permanent",
     ])?;
-    let server = netattach::netns::run_in(&pod.net.path, || {
-        UdpSocket::bind(SocketAddr::from(([10, 99, 0, 1], 7777)))
-    })??;
+    let server = pod
+        .net
+        .enter(|| UdpSocket::bind(SocketAddr::from(([10, 99, 0, 1], 7777))))??;
     server.set_read_timeout(Some(Duration::from_secs(3)))?;
     let guest_ip = Ipv4Addr::new(10, 0, 2, 2);
     let net: Ipv4Addr = NET_IP.parse()?;
@@ -169,7 +169,7 @@ fn ebpf_masquerade_translates_drops_spoofing_and_unbinds_clean() -> Result<()> {
     drop(guest);
     binding.unbind(&vm, &[])?;
     assert!(!pins.exists(), "pins left after unbind");
-    let left = netattach::netns::run_in(&pod.pod.path, || virtlink_xdp::tcx_programs("eth0"))??;
+    let left = pod.pod.enter(|| virtlink_xdp::tcx_programs("eth0"))??;
     assert!(left.is_empty(), "programs left on eth0: {left:?}");
     Ok(())
 }
@@ -232,8 +232,8 @@ fn ipv6(only: bool) -> Result<()> {
         dhcp: false,
         ..Default::default()
     };
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
+    let binding = bind(&vm, pod.pod.path(), &[], &opts)?;
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, pod.pod.path(), "default");
     let pinned = virtlink_xdp::nat::Pinned::open(&pins)?;
     let cfg = pinned.config()?;
     assert_ne!(cfg.pod_ip6, [0; 4], "IPv6 not configured in the programs");
@@ -252,11 +252,11 @@ fn ipv6(only: bool) -> Result<()> {
         .and_then(|l| l["address"].as_str().map(str::to_string))
         .unwrap_or_default()
         .parse()?;
-    let mut guest = FakeGuest::attach(&pod.pod.path, "tap0", mac)?;
+    let mut guest = FakeGuest::attach(pod.pod.path(), "tap0", mac)?;
     let net: Ipv6Addr = NET_IP6.parse()?;
-    let server = netattach::netns::run_in(&pod.net.path, move || {
-        UdpSocket::bind(SocketAddr::from((net, 7777)))
-    })??;
+    let server = pod
+        .net
+        .enter(move || UdpSocket::bind(SocketAddr::from((net, 7777))))??;
     server.set_read_timeout(Some(Duration::from_secs(3)))?;
     let guest_ip: Ipv6Addr = "fd10:0:2::2".parse()?;
     guest.tap.write_all(&udp6_frame(
@@ -325,7 +325,7 @@ fn annotation_chooses_the_datapath() -> Result<()> {
             "spec":{"domain":{"devices":{"interfaces":[{"name":"default","masquerade":{}}]}},
                     "networks":[{"name":"default","pod":{}}]}}"#,
     )?;
-    let binding = bind(&vm, &pod.pod.path, &[], &opts)?;
+    let binding = bind(&vm, pod.pod.path(), &[], &opts)?;
     assert!(
         vm_binder::pin_dirs(bpffs.0.path(), "test", "annot").is_empty(),
         "nftables chosen, but eBPF pins exist"
@@ -342,7 +342,7 @@ fn annotation_chooses_the_datapath() -> Result<()> {
             "spec":{"domain":{"devices":{"interfaces":[{"name":"default","masquerade":{}}]}},
                     "networks":[{"name":"default","pod":{}}]}}"#,
     )?;
-    let err = bind(&bad, &pod.pod.path, &[], &opts).expect_err("unknown datapath accepted");
+    let err = bind(&bad, pod.pod.path(), &[], &opts).expect_err("unknown datapath accepted");
     assert!(format!("{err:#}").contains("annotation"), "{err:#}");
     Ok(())
 }

@@ -49,7 +49,7 @@ fn guest_gets_ipv6_by_ra_and_dhcpv6_and_traffic_flows() -> Result<()> {
             o.bpffs_root = root;
         },
     )?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, pod.pod.path(), "default");
     let pinned = virtlink_xdp::nat::Pinned::open(&pins)?;
     assert_eq!(
         binding.interfaces[0].ip6.map(|n| n.to_string()).as_deref(),

@@ -45,7 +45,7 @@ fn guest_on_ebpf_masquerade() -> Result<()> {
             o.bpffs_root = root;
         },
     )?;
-    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, &pod.pod.path, "default");
+    let pins = vm_binder::pin_dir(bpffs.0.path(), &vm, pod.pod.path(), "default");
     let pinned = virtlink_xdp::nat::Pinned::open(&pins)?;
     let t = Duration::from_secs(30);
 
@@ -58,7 +58,7 @@ fn guest_on_ebpf_masquerade() -> Result<()> {
         .args([
             "netns",
             "exec",
-            &pod.net.name,
+            pod.net.name(),
             "iperf3",
             "-s",
             "-1",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{unique, Ns};
+use common::{unique_name, veth, Netns};
 use serde_json::{json, Value};
 use virtlink_vnet::model::{Network, VirtualNetworkSpec};
 use virtlink_vnet::node::{remove_pins, Node, NodeConfig};
@@ -22,7 +22,7 @@ use virtlink_xdp::common::vnet::VnCounter;
 /// A node namespace with its pins, removed on drop.
 struct TestNode {
     /// Keeps the node's namespace (and its VXLAN device) alive.
-    _ns: Ns,
+    _ns: Netns,
     cfg: NodeConfig,
     _state: tempfile::TempDir,
 }
@@ -33,19 +33,16 @@ impl Drop for TestNode {
     }
 }
 
-fn node(cluster: &Path, underlay: &Ns, i: u8) -> Result<TestNode> {
-    let ns = Ns::new("vbvn")?;
+fn node(cluster: &Path, underlay: &Netns, i: u8) -> Result<TestNode> {
+    let ns = Netns::with_prefix("vbvn")?;
     let state = tempfile::tempdir()?;
     let ip = Ipv4Addr::new(192, 168, 88, i);
-    let port = unique("vbul");
-    underlay.ip(&[
-        "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", &ns.name,
-    ])?;
-    underlay.ip(&["link", "set", &port, "master", "br0", "up"])?;
+    let port = unique_name("vbul");
+    veth(underlay, &port, &ns, "ul0")?;
+    underlay.ip(&["link", "set", &port, "master", "br0"])?;
     ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
-    ns.ip(&["link", "set", "ul0", "up"])?;
-    let mut cfg = NodeConfig::new(&ns.name, ip, cluster, state.path());
-    cfg.netns = Some(ns.path.clone());
+    let mut cfg = NodeConfig::new(ns.name(), ip, cluster, state.path());
+    cfg.netns = Some(ns.path().to_path_buf());
     Ok(TestNode {
         _ns: ns,
         cfg,
@@ -54,7 +51,7 @@ fn node(cluster: &Path, underlay: &Ns, i: u8) -> Result<TestNode> {
 }
 
 /// CNI ADD of `pod` to `network` on `n` as `ifname`; returns the address.
-fn add(n: &TestNode, pod: &Ns, network: &str, ifname: &str) -> Result<String> {
+fn add(n: &TestNode, pod: &Netns, network: &str, ifname: &str) -> Result<String> {
     let conf = json!({
         "cniVersion": "1.0.0", "name": network, "type": "virtlink",
         "network": {"name": network},
@@ -62,15 +59,15 @@ fn add(n: &TestNode, pod: &Ns, network: &str, ifname: &str) -> Result<String> {
                  "clusterDir": n.cfg.cluster_dir, "stateDir": n.cfg.state_dir,
                  "netns": n.cfg.netns},
     });
-    let netns = pod.path.to_string_lossy().to_string();
+    let netns = pod.path().to_string_lossy().to_string();
     let out: Value = virtlink_vnet::cni::call(&virtlink_vnet::cni::Request {
         command: "ADD",
-        container_id: &pod.name,
+        container_id: pod.name(),
         netns: &netns,
         ifname,
         config: &conf,
     })
-    .map_err(|e| anyhow::anyhow!("ADD {}: {}", pod.name, e.msg))?
+    .map_err(|e| anyhow::anyhow!("ADD {}: {}", pod.name(), e.msg))?
     .context("ADD printed nothing")?;
     Ok(out["ips"][0]["address"]
         .as_str()
@@ -103,7 +100,7 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
     let cluster = tempfile::tempdir()?;
     network(cluster.path(), "red", 801)?;
     network(cluster.path(), "blue", 802)?;
-    let underlay = Ns::new("vbvu")?;
+    let underlay = Netns::with_prefix("vbvu")?;
     underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
     underlay.ip(&["link", "set", "br0", "up"])?;
     let (n1, n2) = (
@@ -112,14 +109,14 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
     );
 
     // On node 2, a red pod and a blue pod with the same address.
-    let red_pod = Ns::new("vbvp")?;
+    let red_pod = Netns::with_prefix("vbvp")?;
     let red_ip = add(&n2, &red_pod, "red", "net1")?;
-    let blue_pod = Ns::new("vbvp")?;
+    let blue_pod = Netns::with_prefix("vbvp")?;
     let blue_ip = add(&n2, &blue_pod, "blue", "net1")?;
     assert_eq!(red_ip, blue_ip, "the tenants reuse addresses");
 
     // The launcher pod on node 1: eth0 on red, then the bridge binding.
-    let launcher = Ns::new("vbvl")?;
+    let launcher = Netns::with_prefix("vbvl")?;
     let guest_ip = add(&n1, &launcher, "red", "eth0")?;
     for n in [&n1, &n2] {
         Node::open(n.cfg.clone())?.resync()?;
@@ -136,10 +133,10 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
         resolv_conf: resolv,
         ..Default::default()
     };
-    let binding = vm_binder::bind(&vm, &launcher.path, &[], &opts)?;
+    let binding = vm_binder::bind(&vm, launcher.path(), &[], &opts)?;
     let guest = vm_tests::Vm::boot(
-        vm_tests::VmSpec::new(unique("vbvg"))
-            .netns(PathBuf::from(&launcher.path))
+        vm_tests::VmSpec::new(unique_name("vbvg"))
+            .netns(PathBuf::from(launcher.path()))
             .qemu_args(binding.qemu_args())
             .cmdline("virtlink.dhcp=1"),
     )
@@ -148,13 +145,13 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
     let addr = guest.run_ok("ip -4 addr show eth0", Duration::from_secs(20))?;
     assert!(addr.contains(&format!("inet {guest_ip}/24")), "{addr}");
 
-    let blue_rx = blue_pod.exec("cat", &["/sys/class/net/net1/statistics/rx_packets"])?;
+    let blue_rx = blue_pod.rx_packets("net1")?;
     guest.run_ok(&format!("ping -c 3 -W 5 {red_ip}"), Duration::from_secs(40))?;
     red_pod
         .exec("ping", &["-c", "2", "-W", "5", &guest_ip])
         .context("the red pod on node 2 reaches the guest")?;
     assert_eq!(
-        blue_pod.exec("cat", &["/sys/class/net/net1/statistics/rx_packets"])?,
+        blue_pod.rx_packets("net1")?,
         blue_rx,
         "the guest's traffic reached the other tenant"
     );
@@ -162,7 +159,7 @@ fn a_bridged_guest_reaches_a_pod_of_its_network_on_another_node() -> Result<()> 
     // The guest spoofs: another source IP, then another MAC. Node 1's
     // program drops and counts both; the red pod on node 2 sees nothing.
     let pins = virtlink_xdp::isolation::Pins::new(&n1.cfg.pin_dir());
-    let rx = |ns: &Ns| ns.exec("cat", &["/sys/class/net/net1/statistics/rx_packets"]);
+    let rx = |ns: &Netns| ns.rx_packets("net1");
     let mut o = guest_ip.parse::<Ipv4Addr>()?.octets();
     o[3] = if o[3] == 200 { 201 } else { 200 };
     let spoofed = Ipv4Addr::from(o);

@@ -18,9 +18,12 @@
 //!   framed by unique markers. Dropping a [`Vm`] powers the guest off
 //!   (`poweroff -f`), kills QEMU if it hangs, and reaps it. QEMU is forked
 //!   with a parent-death signal, so it also dies if the test binary is killed.
-//! - [`netns`]: fixtures the tests need around a VM: a named namespace
-//!   ([`Netns`]), taps ([`Tap`]) and helper processes ([`ChildGuard`]), each
-//!   removed when dropped, and [`Netns::enter`] to bind sockets inside.
+//! - [`netns`]: fixtures the tests need around a VM, shared with the
+//!   vm-binder, vnet and xdp integration tests: a named namespace
+//!   ([`Netns`]) with `ip`/`exec`/`ping` helpers, veth pairs ([`veth`]),
+//!   taps ([`Tap`]) and helper processes ([`ChildGuard`]), each removed when
+//!   dropped, [`Netns::enter`] to bind sockets inside, [`unique_name`] for
+//!   names that fit an interface and [`require_root`] to skip loudly.
 //!
 //! # Example
 //! ```no_run
@@ -54,5 +57,5 @@ mod spawn;
 pub mod vm;
 
 pub use guest::{GuestImage, READY_MARKER};
-pub use netns::{unique_name, ChildGuard, Netns, Tap};
+pub use netns::{require_root, unique_name, veth, ChildGuard, Netns, Tap};
 pub use vm::{mac_from, Nic, RunOutput, Vm, VmSpec};

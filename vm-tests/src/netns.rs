@@ -1,4 +1,6 @@
-//! Test network namespaces, taps and processes that clean up after themselves.
+//! Test network namespaces, veths, taps and processes that clean up after
+//! themselves: the fixtures of vm-tests and of the vm-binder, vnet and xdp
+//! integration tests.
 //!
 //! Everything here shells out to `ip` (iproute2): these are test fixtures, and
 //! the commands read like the manual steps they replace. Each guard removes
@@ -20,11 +22,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}): {stderr}")]
+    #[error("`{command}` failed ({status}): {output}")]
     Failed {
         command: String,
         status: std::process::ExitStatus,
-        stderr: String,
+        /// Its stderr, then its stdout (where `ping` says why it failed).
+        output: String,
     },
     #[error(transparent)]
     Netns(#[from] netattach::netns::Error),
@@ -34,6 +37,12 @@ pub enum Error {
         port: u16,
         waited: Duration,
     },
+    #[error("read {what} in netns {netns}: {text:?}")]
+    Parse {
+        netns: String,
+        what: String,
+        text: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -41,17 +50,49 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/var/run/netns";
 
+/// The longest interface name Linux takes (`IFNAMSIZ` - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// How much of a prefix [`unique_name`] keeps.
+const PREFIX_MAX: usize = 5;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// `PREFIX<pid>-<n>`: unique among the processes and threads of this machine.
-/// Interface names must stay within 15 bytes: keep `prefix` to 3 or so.
+/// True when the test can run: it needs root (CAP_NET_ADMIN for namespaces
+/// and links, CAP_BPF for eBPF). Says so loudly when it cannot; CI on the
+/// test machine always runs as root.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: needs root (CAP_NET_ADMIN, CAP_BPF) for network namespaces, links and eBPF"
+    );
+    false
+}
+
+/// `PREFIX<pid>-<n>`, at most [`IFNAME_MAX`] bytes so that it also names an
+/// interface: unique among the threads of this process (the counter is never
+/// cut) and among processes running at once (the pid). A prefix (ASCII)
+/// keeps its first 5 bytes; when the counter grows long, the pid loses its
+/// leading digits.
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}-{n}", std::process::id())
+    fit_name(prefix, std::process::id(), n)
+}
+
+fn fit_name(prefix: &str, pid: u32, n: u32) -> String {
+    let tail = format!("-{n}");
+    let room = IFNAME_MAX.saturating_sub(tail.len());
+    let prefix: String = prefix.chars().take(PREFIX_MAX.min(room)).collect();
+    let pid = pid.to_string();
+    let keep = room.saturating_sub(prefix.len()).min(pid.len());
+    let pid = pid.get(pid.len() - keep..).unwrap_or_default();
+    format!("{prefix}{pid}{tail}")
 }
 
 /// Runs `program args...`, returning its stdout; a non-zero exit is an error
-/// carrying stderr.
+/// carrying what it printed.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program)
@@ -63,10 +104,14 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
             source,
         })?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
         return Err(Error::Failed {
             command,
             status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            output: format!("{}\n{}", stderr.trim(), stdout.trim())
+                .trim()
+                .to_owned(),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -83,7 +128,12 @@ pub struct Netns {
 impl Netns {
     /// Creates `vmt<pid>-<n>` with `lo` up.
     pub fn new() -> Result<Self> {
-        Self::named(&unique_name("vmt"))
+        Self::with_prefix("vmt")
+    }
+
+    /// Creates a namespace named by [`unique_name`]`(prefix)`, with `lo` up.
+    pub fn with_prefix(prefix: &str) -> Result<Self> {
+        Self::named(&unique_name(prefix))
     }
 
     /// Creates the namespace `name` with `lo` up.
@@ -111,6 +161,85 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+
+    /// Runs `program args...` inside this namespace (`ip netns exec`),
+    /// returning its stdout; a non-zero exit is an error carrying what it
+    /// printed.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// `sysctl -w KEY=VALUE` inside this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// `ping -c COUNT -i 0.2 -W WAIT -q EXTRA... DST` from this namespace:
+    /// true when it succeeds (a reply came back). `extra` adds options such
+    /// as `-6` or `-I SOURCE`. `wait` is not only patience: a test that pings
+    /// an address again right after a failed ping depends on it, as it
+    /// decides whether the failed neighbour resolution (3 probes, 1 s apart)
+    /// is over by then or swallows the next ping's packets.
+    pub fn ping(&self, dst: &str, count: u32, wait: Duration, extra: &[&str]) -> bool {
+        let count = count.to_string();
+        let wait = wait.as_secs_f64().to_string();
+        let mut args = vec!["-c", &count, "-i", "0.2", "-W", &wait, "-q"];
+        args.extend_from_slice(extra);
+        args.push(dst);
+        self.exec("ping", &args).is_ok()
+    }
+
+    /// The names of the links in this namespace.
+    pub fn links(&self) -> Result<Vec<String>> {
+        let out = self.ip(&["-o", "link", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect())
+    }
+
+    /// `ip -j -d link show dev NAME` as JSON, or None when there is no such
+    /// link.
+    pub fn link(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.ip(&["-j", "-d", "link", "show", "dev", name]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v.get(0).cloned()
+    }
+
+    /// The global IPv4 addresses of link `name`, as `a.b.c.d/len` (none when
+    /// there is no such link).
+    pub fn addrs4(&self, name: &str) -> Vec<String> {
+        let Ok(out) = self.ip(&["-j", "-4", "addr", "show", "dev", name, "scope", "global"]) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let mut addrs = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                addrs.push(format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or(""),
+                    a["prefixlen"]
+                ));
+            }
+        }
+        addrs
+    }
+
+    /// The packets `iface` received, as the kernel counts them.
+    pub fn rx_packets(&self, iface: &str) -> Result<u64> {
+        let what = format!("/sys/class/net/{iface}/statistics/rx_packets");
+        let text = self.exec("cat", &[&what])?;
+        text.trim().parse().map_err(|_| Error::Parse {
+            netns: self.name.clone(),
+            what,
+            text,
+        })
     }
 
     /// Creates a tap `name` in this namespace and sets it up; with `addr`
@@ -166,7 +295,7 @@ impl Netns {
         let start = Instant::now();
         let filter = format!("sport = :{port}");
         loop {
-            let out = run("ip", &["netns", "exec", &self.name, "ss", "-Hltn", &filter])?;
+            let out = self.exec("ss", &["-Hltn", &filter])?;
             if !out.trim().is_empty() {
                 return Ok(());
             }
@@ -195,13 +324,31 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Anything left inside was started by this test (a VM or server whose
         // guard leaked); without this the namespace would outlive its name.
+        // Never the test process itself (its main thread may be inside).
+        let me = i32::try_from(std::process::id()).unwrap_or(-1);
         for pid in self.pids().unwrap_or_default() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if pid != me {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             eprintln!("vm-tests: delete netns {}: {e}", self.name);
         }
     }
+}
+
+/// A veth pair: `a` in `ns_a` and `b` in `ns_b`, both up. The pair goes with
+/// either namespace. `a` and `b` may be the same name (`eth0` on both
+/// sides): the peer is made under a unique name and renamed in `ns_b`.
+pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> Result<()> {
+    let tmp = unique_name("vt");
+    ns_a.ip(&[
+        "link", "add", a, "type", "veth", "peer", "name", &tmp, "netns", &ns_b.name,
+    ])?;
+    ns_b.ip(&["link", "set", &tmp, "name", b])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
 }
 
 /// A tap link in a namespace, deleted on drop (a no-op when the namespace is
@@ -267,6 +414,21 @@ mod tests {
         let a = unique_name("tp");
         let b = unique_name("tp");
         assert_ne!(a, b);
-        assert!(a.len() <= 15, "{a}");
+        assert!(a.len() <= IFNAME_MAX, "{a}");
+        assert!(a.starts_with("tp"), "{a}");
+        let long = unique_name("longprefix");
+        assert!(
+            long.starts_with("longp") && long.len() <= IFNAME_MAX,
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn names_give_way_from_the_prefix_then_the_pids_leading_digits() {
+        assert_eq!(fit_name("vbp", 4_194_304, 7), "vbp4194304-7");
+        assert_eq!(fit_name("vlkvm", 4_194_304, 12), "vlkvm4194304-12");
+        assert_eq!(fit_name("vlkvm", 4_194_304, 123), "vlkvm194304-123");
+        assert_eq!(fit_name("toolong", 123, 0), "toolo123-0");
+        assert_eq!(fit_name("vbvg", 4_194_304, u32::MAX), "vbvg-4294967295");
     }
 }

@@ -44,8 +44,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-fn add_err(node: &TestNode, pod: &Ns, config: &Value) -> virtlink_vnet::cni::Failure {
-    match node.call("ADD", &pod.name, &pod.path, config) {
+fn add_err(node: &TestNode, pod: &Netns, config: &Value) -> virtlink_vnet::cni::Failure {
+    match node.call("ADD", pod.name(), pod.path(), config) {
         Ok(v) => panic!("ADD succeeded: {v:?}"),
         Err(e) => e,
     }
@@ -59,7 +59,7 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() -> Result<()> {
     let cluster = Cluster::new()?;
     cluster.network("red", 302, "10.32.0.0/24")?;
     let node = TestNode::new(&cluster, "192.168.50.1".parse()?)?;
-    let pod = Ns::new("vnp")?;
+    let pod = Netns::with_prefix("vnp")?;
 
     // Overlapping CIDRs in one network.
     let e = add_err(
@@ -143,7 +143,7 @@ fn a_failure_halfway_undoes_every_step() -> Result<()> {
     assert_clean(&node, &cluster)?;
 
     // A VXLAN name the kernel would reject is bad config, found first.
-    let pod = Ns::new("vnp")?;
+    let pod = Netns::with_prefix("vnp")?;
     let mut config = node.cni_config(json!({"name": "inl", "id": 312, "cidrs": ["10.34.0.0/24"]}));
     config["node"]["vxlan"] = json!("a-name-far-too-long-for-a-link");
     let e = add_err(&node, &pod, &config);
@@ -190,24 +190,24 @@ fn del_never_fails_on_what_is_gone_and_check_notices() -> Result<()> {
     let p2 = node.pod(json!({"name": "red"}))?;
     assert!(p1.ping(&p2));
 
-    node.call("CHECK", &p1.ns.name, &p1.ns.path, &p1.config)
+    node.call("CHECK", p1.ns.name(), p1.ns.path(), &p1.config)
         .map_err(|e| anyhow::anyhow!("CHECK: {}", e.msg))?;
     // The host end disappears behind our back: CHECK says so.
     node.ns.ip(&["link", "del", &p2.host])?;
     let e = node
-        .call("CHECK", &p2.ns.name, &p2.ns.path, &p2.config)
+        .call("CHECK", p2.ns.name(), p2.ns.path(), &p2.config)
         .unwrap_err();
     assert_eq!(e.code, code::CHECK_FAILED);
     assert!(e.msg.contains("is gone"), "{}", e.msg);
     // DEL still works, twice, and with the namespace gone.
-    for netns in [p2.ns.path.clone(), std::path::PathBuf::new()] {
-        node.call("DEL", &p2.ns.name, &netns, &p2.config)
+    for netns in [p2.ns.path().to_path_buf(), std::path::PathBuf::new()] {
+        node.call("DEL", p2.ns.name(), &netns, &p2.config)
             .map_err(|e| anyhow::anyhow!("DEL: {}", e.msg))?;
     }
     node.call("DEL", "never-added", std::path::Path::new(""), &p2.config)
         .map_err(|e| anyhow::anyhow!("DEL: {}", e.msg))?;
     let e = node
-        .call("CHECK", &p2.ns.name, &p2.ns.path, &p2.config)
+        .call("CHECK", p2.ns.name(), p2.ns.path(), &p2.config)
         .unwrap_err();
     assert_eq!(e.code, code::CHECK_FAILED);
     // The datapath forgot p2 (pruned), p1 is intact.
@@ -216,7 +216,7 @@ fn del_never_fails_on_what_is_gone_and_check_notices() -> Result<()> {
     assert_eq!(pins.pod_links()?.len(), 1);
 
     // DEL of the last endpoint leaves only the node's VXLAN device.
-    node.call("DEL", &p1.ns.name, &p1.ns.path, &p1.config)
+    node.call("DEL", p1.ns.name(), p1.ns.path(), &p1.config)
         .map_err(|e| anyhow::anyhow!("DEL: {}", e.msg))?;
     assert_eq!(pins.endpoints()?.keys()?.len(), 0);
     assert_eq!(pins.ifaces()?.keys()?.len(), 0);
@@ -238,9 +238,9 @@ fn a_requested_address_is_honoured_once() -> Result<()> {
     let node = TestNode::new(&cluster, "192.168.50.1".parse()?)?;
     let mut c = node.cni_config(json!({"name": "red"}));
     c["runtimeConfig"] = json!({"ips": ["10.36.0.77/24"], "mac": "02:00:00:00:00:77"});
-    let pod = Ns::new("vnp")?;
+    let pod = Netns::with_prefix("vnp")?;
     let r = node
-        .call("ADD", &pod.name, &pod.path, &c)
+        .call("ADD", pod.name(), pod.path(), &c)
         .map_err(|e| anyhow::anyhow!("ADD: {}", e.msg))?
         .unwrap_or_default();
     assert_eq!(r["ips"][0]["address"], "10.36.0.77/24");
@@ -249,7 +249,7 @@ fn a_requested_address_is_honoured_once() -> Result<()> {
     let addrs = pod.ip(&["-4", "-o", "addr", "show", "dev", "net1"])?;
     assert!(addrs.contains("10.36.0.77/24"), "{addrs}");
 
-    let other = Ns::new("vnp")?;
+    let other = Netns::with_prefix("vnp")?;
     let e = add_err(&node, &other, &c);
     assert_eq!(e.code, code::INVALID_CONFIG);
     assert!(e.msg.contains("10.36.0.77 is already used by"), "{}", e.msg);

@@ -6,32 +6,15 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Result;
 use common::*;
 use serde_json::json;
-use virtlink_vnet::model::{Network, VirtualNetworkSpec};
 use virtlink_xdp::common::vnet::VnCounter;
 
 const OUTSIDE: &str = "192.168.67.2";
-
-fn egress_network(cluster: &Cluster, name: &str, id: u32, cidr: &str) -> Result<()> {
-    let n = Network::from_spec(
-        name,
-        &VirtualNetworkSpec {
-            id,
-            cidrs: vec![cidr.parse()?],
-            gateway: None,
-            mtu: None,
-            tenant: format!("tenant-{name}"),
-            egress: true,
-        },
-    )?;
-    cluster.store().put_network(&n)?;
-    Ok(())
-}
 
 #[test]
 fn egress_is_masqueraded_and_closed_networks_still_drop() -> Result<()> {
@@ -39,30 +22,17 @@ fn egress_is_masqueraded_and_closed_networks_still_drop() -> Result<()> {
         return Ok(());
     }
     let cluster = Cluster::new()?;
-    egress_network(&cluster, "ered", 131, "10.30.0.0/24")?;
-    egress_network(&cluster, "eblue", 132, "10.30.0.0/24")?;
+    cluster.network_with_egress("ered", 131, "10.30.0.0/24", true)?;
+    cluster.network_with_egress("eblue", 132, "10.30.0.0/24", true)?;
     cluster.network("closed", 133, "10.31.0.0/24")?;
     let node = TestNode::new(&cluster, "192.168.67.1".parse()?)?;
-    node.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    node.ns.sysctl("net.ipv4.ip_forward", "1")?;
     // The outside: a namespace behind the node's underlay interface.
-    let outside = Ns::new("vno")?;
-    node.ns.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &outside.name,
-    ])?;
+    let outside = Netns::with_prefix("vno")?;
+    veth(&node.ns, "ul0", &outside, "eth0")?;
     node.ns
         .ip(&["addr", "add", "192.168.67.1/24", "dev", "ul0"])?;
-    node.ns.ip(&["link", "set", "ul0", "up"])?;
     outside.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"])?;
-    outside.ip(&["link", "set", "eth0", "up"])?;
 
     let red = node.pod(json!({"name": "ered"}))?;
     let blue = node.pod(json!({"name": "eblue"}))?;
@@ -70,8 +40,9 @@ fn egress_is_masqueraded_and_closed_networks_still_drop() -> Result<()> {
     assert_eq!(red.ip, blue.ip, "the same address in both egress networks");
 
     // What the outside server sees.
-    let dump = Command::new("ip")
-        .args(["netns", "exec", &outside.name, "timeout", "15", "tcpdump"])
+    let dump = outside
+        .command("timeout")
+        .args(["15", "tcpdump"])
         .args([
             "-l",
             "-n",
@@ -88,8 +59,8 @@ fn egress_is_masqueraded_and_closed_networks_still_drop() -> Result<()> {
     let forwarded = node.counter(VnCounter::ForwardLocal)?;
     // Both pods at once: identical tuples in two networks.
     let (r, b) = std::thread::scope(|s| {
-        let r = s.spawn(|| red.ns.ping(OUTSIDE, 2));
-        let b = s.spawn(|| blue.ns.ping(OUTSIDE, 2));
+        let r = s.spawn(|| red.ns.ping(OUTSIDE, 2, PING_WAIT, &[]));
+        let b = s.spawn(|| blue.ns.ping(OUTSIDE, 2, PING_WAIT, &[]));
         (r.join().unwrap_or(false), b.join().unwrap_or(false))
     });
     let seen = String::from_utf8_lossy(&dump.wait_with_output()?.stdout).into_owned();
@@ -115,19 +86,21 @@ fn egress_is_masqueraded_and_closed_networks_still_drop() -> Result<()> {
         .ip(&["route", "add", "default", "via", "10.31.0.1"])?;
     let before = node.counter(VnCounter::DropNoEndpoint)?;
     assert!(
-        !closed.ns.ping(OUTSIDE, 2),
+        !closed.ns.ping(OUTSIDE, 2, PING_WAIT, &[]),
         "a closed network reached outside"
     );
     assert!(node.counter(VnCounter::DropNoEndpoint)? >= before + 2);
 
     // The last egress endpoint gone: no table, no rules.
     for p in [&red, &blue, &closed] {
-        node.call("DEL", &p.ns.name, &p.ns.path, &p.config)
+        node.call("DEL", p.ns.name(), p.ns.path(), &p.config)
             .map_err(|e| anyhow::anyhow!("DEL: {}", e.msg))?;
     }
     let table = node
         .ns
-        .output("nft", &["list", "table", "ip", "virtlink_vnet"])?;
+        .command("nft")
+        .args(["list", "table", "ip", "virtlink_vnet"])
+        .output()?;
     assert!(!table.status.success(), "nftables table left");
     let rules = node.ns.ip(&["rule", "list", "pref", "20000"])?;
     assert!(rules.trim().is_empty(), "rules left: {rules}");

@@ -50,7 +50,7 @@ fn two_tenants_with_the_same_addresses_stay_apart() -> Result<()> {
 
     // 10.10.0.4 exists only in blue: red's ARP for it is not answered ...
     let arp_miss = node.counter(VnCounter::DropArpMiss)?;
-    assert!(!a1.ns.ping("10.10.0.4", 1));
+    assert!(!a1.ns.ping("10.10.0.4", 1, PING_WAIT, &[]));
     assert!(node.counter(VnCounter::DropArpMiss)? > arp_miss);
     // ... and a frame sent straight to blue's MAC is dropped by membership.
     a1.ns.ip(&[
@@ -63,7 +63,7 @@ fn two_tenants_with_the_same_addresses_stay_apart() -> Result<()> {
         "net1",
     ])?;
     let (no_ep, b3_rx) = (node.counter(VnCounter::DropNoEndpoint)?, b3.rx());
-    assert!(!a1.ns.ping("10.10.0.4", 3));
+    assert!(!a1.ns.ping("10.10.0.4", 3, PING_WAIT, &[]));
     assert!(node.counter(VnCounter::DropNoEndpoint)? >= no_ep + 3);
     assert_eq!(b3.rx(), b3_rx, "red reached blue's 10.10.0.4");
 
@@ -94,7 +94,7 @@ fn spoofed_source_mac_or_ip_is_dropped() -> Result<()> {
     // Another source IP on the same interface.
     p1.ns.ip(&["addr", "add", "10.11.0.50/24", "dev", "net1"])?;
     let (spoof_ip, p2_rx) = (node.counter(VnCounter::DropSpoofIp)?, p2.rx());
-    assert!(!p1.ns.ping_from("10.11.0.50", &p2.ip));
+    assert!(!p1.ns.ping(&p2.ip, 2, PING_WAIT, &["-I", "10.11.0.50"]));
     assert!(node.counter(VnCounter::DropSpoofIp)? > spoof_ip);
     assert_eq!(p2.rx(), p2_rx, "a spoofed IPv4 source got through");
     p1.ns.ip(&["addr", "del", "10.11.0.50/24", "dev", "net1"])?;

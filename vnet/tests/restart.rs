@@ -26,21 +26,10 @@ fn flows_survive_a_restart_and_stale_endpoints_are_pruned() -> Result<()> {
     assert!(p1.ping(&p3));
 
     // A flow that runs across the whole restart: 60 pings, 50 ms apart.
-    let flow = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &p1.ns.name,
-            "ping",
-            "-c",
-            "60",
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            "-q",
-            &p2.ip,
-        ])
+    let flow = p1
+        .ns
+        .command("ping")
+        .args(["-c", "60", "-i", "0.05", "-W", "1", "-q", &p2.ip])
         .output();
     let flow = std::thread::spawn(move || flow);
 
@@ -78,7 +67,7 @@ fn flows_survive_a_restart_and_stale_endpoints_are_pruned() -> Result<()> {
     assert!(!pins
         .pod_links()?
         .iter()
-        .any(|l| l.contains(&host_ifname(&p3.ns.name, "net1"))));
+        .any(|l| l.contains(&host_ifname(p3.ns.name(), "net1"))));
     // A second resync changes nothing.
     assert_eq!(n.resync()?, Default::default());
 
@@ -130,7 +119,7 @@ fn links_lost_while_down_are_reattached() -> Result<()> {
     for link in pins.pod_links()? {
         pins.remove_link(&link)?;
     }
-    assert!(!p1.ns.ping(&p2.ip, 1));
+    assert!(!p1.ns.ping(&p2.ip, 1, PING_WAIT, &[]));
     // One resync attaches both again from one loaded program.
     let applied = node.open()?.resync()?;
     assert_eq!(applied.attached, 2, "{applied:?}");
@@ -157,8 +146,9 @@ fn a_recreated_vxlan_device_gets_the_tunnel_program_again() -> Result<()> {
     node.open()?;
     let after = pins.config()?;
     assert_ne!(after.vxlan_ifindex, before.vxlan_ifindex);
-    let progs =
-        netattach::netns::run_in(&node.ns.path, || virtlink_xdp::tcx_programs("vnet-vxlan"))??;
+    let progs = node
+        .ns
+        .enter(|| virtlink_xdp::tcx_programs("vnet-vxlan"))??;
     assert_eq!(
         progs.len(),
         1,

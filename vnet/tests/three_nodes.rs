@@ -107,7 +107,7 @@ fn a_plain_vxlan_peer_sees_the_network_id_as_vni() -> Result<()> {
     // An independent peer: a namespace on the underlay with a plain VXLAN
     // device of VNI 211 (not collect-metadata), registered as a node with
     // one endpoint of the network.
-    let peer = Ns::new("vnv")?;
+    let peer = Netns::with_prefix("vnv")?;
     let peer_ip = Ipv4Addr::new(192, 168, 77, 9);
     t.underlay.connect(&peer, peer_ip)?;
     peer.ip(&[
@@ -154,10 +154,10 @@ fn a_plain_vxlan_peer_sees_the_network_id_as_vni() -> Result<()> {
     n1.open()?.resync()?;
 
     // Capture on the peer's underlay interface while a1 pings the peer.
-    let cap = std::process::Command::new("ip")
+    let cap = peer
+        .command("timeout")
         .args([
-            "netns", "exec", &peer.name, "timeout", "8", "tcpdump", "-i", "ul0", "-nn", "-c", "4",
-            "-l", "udp", "port", "4789",
+            "8", "tcpdump", "-i", "ul0", "-nn", "-c", "4", "-l", "udp", "port", "4789",
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -165,7 +165,7 @@ fn a_plain_vxlan_peer_sees_the_network_id_as_vni() -> Result<()> {
         .context("start tcpdump")?;
     std::thread::sleep(std::time::Duration::from_millis(700));
     assert!(
-        a1.ns.ping("10.21.0.100", 3),
+        a1.ns.ping("10.21.0.100", 3, PING_WAIT, &[]),
         "red pod -> plain VXLAN peer (VNI 211)"
     );
     let out = cap.wait_with_output()?;
@@ -196,7 +196,7 @@ fn a_plain_vxlan_peer_sees_the_network_id_as_vni() -> Result<()> {
     peer.ip(&["link", "set", "vx", "address", "0a:58:0a:15:00:64", "up"])?;
     peer.ip(&["addr", "add", "10.21.0.100/24", "dev", "vx"])?;
     let rx = peer.rx_packets("vx")?;
-    assert!(!a1.ns.ping("10.21.0.100", 2));
+    assert!(!a1.ns.ping("10.21.0.100", 2, PING_WAIT, &[]));
     assert_eq!(peer.rx_packets("vx")?, rx);
     Ok(())
 }
@@ -275,9 +275,9 @@ fn first_adds_racing_on_three_nodes_get_disjoint_blocks() -> Result<()> {
     let wanted = Ipv4Addr::from(u32::from(n1_block.network()) + 9);
     let mut c = t.nodes[1].cni_config(json!({"name": "green"}));
     c["runtimeConfig"] = json!({"ips": [format!("{wanted}/24")]});
-    let pod = Ns::new("vnp")?;
+    let pod = Netns::with_prefix("vnp")?;
     let e = t.nodes[1]
-        .call("ADD", &pod.name, &pod.path, &c)
+        .call("ADD", pod.name(), pod.path(), &c)
         .expect_err("an address in n1's block");
     assert_eq!(e.code, virtlink_vnet::cni::code::INVALID_CONFIG);
     assert!(

@@ -1,113 +1,23 @@
-//! Helpers for vm-binder's integration tests: namespaces removed on drop,
-//! `ip`/`nft` inside them, and a fake guest on a tap (raw Ethernet frames).
+//! Helpers for vm-binder's integration tests: a pod namespace wired to a
+//! "network" namespace (vm-tests' namespace fixtures, removed on drop), a
+//! fake guest on a tap (raw Ethernet frames) and a real guest booted with
+//! what `bind` produced.
 #![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
-
-/// Skips the test loudly when not root (CI here always is).
-pub fn require_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED: needs root (CAP_NET_ADMIN) for network namespaces");
-        false
-    }
-}
-
-/// A unique short name: `<prefix><pid><n>`, at most 15 bytes.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let mut s = format!(
-        "{prefix}{}{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    s.truncate(15);
-    s
-}
-
-/// A named network namespace deleted on drop.
-pub struct Ns {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-impl Ns {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let name = unique(prefix);
-        let path = netattach::netns::create(&name).with_context(|| format!("create {name}"))?;
-        let ns = Ns { name, path };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .with_context(|| format!("run {program}"))?;
-        if !out.status.success() {
-            bail!(
-                "{program} {args:?} in {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        self.exec("ip", args)
-    }
-
-    /// `ip -j link show NAME` as JSON, or None when it does not exist.
-    pub fn link(&self, name: &str) -> Option<serde_json::Value> {
-        let out = self.ip(&["-j", "-d", "link", "show", "dev", name]).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        v.get(0).cloned()
-    }
-
-    /// Global IPv4 addresses of a link, as `a.b.c.d/len`.
-    pub fn addrs4(&self, name: &str) -> Vec<String> {
-        let Ok(out) = self.ip(&["-j", "-4", "addr", "show", "dev", name, "scope", "global"]) else {
-            return Vec::new();
-        };
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let mut res = Vec::new();
-        for l in v.as_array().into_iter().flatten() {
-            for a in l["addr_info"].as_array().into_iter().flatten() {
-                res.push(format!(
-                    "{}/{}",
-                    a["local"].as_str().unwrap_or(""),
-                    a["prefixlen"]
-                ));
-            }
-        }
-        res
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netattach::netns::delete(&self.name);
-    }
-}
+pub use vm_tests::netns::{require_root, unique_name, veth, Netns};
 
 /// A pod namespace whose `eth0` is a veth to a "network" namespace.
 pub struct Pod {
-    pub pod: Ns,
-    pub net: Ns,
+    pub pod: Netns,
+    pub net: Netns,
 }
 
 pub const POD_IP: &str = "10.99.0.5";
@@ -117,17 +27,14 @@ pub const NET_IP6: &str = "fd99::1";
 
 impl Pod {
     pub fn new() -> Result<Self> {
-        let pod = Ns::new("vbp")?;
-        let net = Ns::new("vbn")?;
-        let peer = unique("vbv");
-        pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &peer])?;
-        pod.ip(&["link", "set", &peer, "netns", &net.name])?;
-        pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
+        let pod = Netns::with_prefix("vbp")?;
+        let net = Netns::with_prefix("vbn")?;
+        veth(&pod, "eth0", &net, "eth0")?;
+        pod.ip(&["link", "set", "eth0", "mtu", "1450"])?;
         pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"])?;
         pod.ip(&["route", "add", "default", "via", NET_IP])?;
         pod.ip(&["route", "add", "10.96.0.0/12", "via", NET_IP])?;
-        net.ip(&["link", "set", &peer, "name", "eth0"])?;
-        net.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
+        net.ip(&["link", "set", "eth0", "mtu", "1450"])?;
         net.ip(&["addr", "add", &format!("{NET_IP}/24"), "dev", "eth0"])?;
         Ok(Pod { pod, net })
     }
@@ -410,9 +317,9 @@ pub fn bind_and_boot_with(
         ..Default::default()
     };
     tweak(&mut opts);
-    let binding = vm_binder::bind(&vm, &pod.pod.path, &[], &opts)?;
-    let mut spec = vm_tests::VmSpec::new(unique(name_prefix))
-        .netns(&pod.pod.path)
+    let binding = vm_binder::bind(&vm, pod.pod.path(), &[], &opts)?;
+    let mut spec = vm_tests::VmSpec::new(unique_name(name_prefix))
+        .netns(pod.pod.path())
         .qemu_args(binding.qemu_args())
         .cmdline("virtlink.dhcp=1");
     for word in cmdline {

@@ -13,13 +13,7 @@ pub const CMD: Duration = Duration::from_secs(20);
 /// True when the test can run: it needs root for namespaces and taps. Says
 /// so loudly when it cannot.
 pub fn can_run() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED: VM tests need root (network namespaces, taps); run scripts/test.sh as root"
-    );
-    false
+    vm_tests::require_root()
 }
 
 /// Accepts one connection within `timeout` (so a broken guest fails the test

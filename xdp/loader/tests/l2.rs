@@ -4,15 +4,15 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{accept, connect, exchange, listen, sock, udp, Ns, Topology, PEER_IP};
+use common::{accept, connect, exchange, listen, sock, udp, Netns, Topology, PEER_IP};
 use virtlink_xdp::common::IPPROTO_TCP;
 use virtlink_xdp::nat::Forward;
 
-fn mac_of(ns: &Ns, dev: &str) -> Result<String> {
+fn mac_of(ns: &Netns, dev: &str) -> Result<String> {
     let v: serde_json::Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", dev])?)?;
     Ok(v[0]["address"].as_str().context("no address")?.to_string())
 }
@@ -72,7 +72,7 @@ fn frames_to_the_guest_carry_the_gateway_mac() -> Result<()> {
     let t = Topology::new(1)?;
     let p = &t.pods[0];
     let server = udp(&t.peer, &sock(PEER_IP, 7600))?;
-    let tap_mac = p.pod.run(|| virtlink_xdp::mac("tap0"))??;
+    let tap_mac = p.pod.enter(|| virtlink_xdp::mac("tap0"))??;
     for (gateway_mac, want) in [
         (
             Some([0x02, 0, 0, 0, 0, 0x42]),
@@ -83,9 +83,10 @@ fn frames_to_the_guest_carry_the_gateway_mac() -> Result<()> {
         let mut spec = t.spec(0, Forward::All);
         spec.gateway_mac = gateway_mac;
         t.attach(0, spec)?;
-        let capture = Command::new("ip")
-            .args(["netns", "exec", &p.guest.name, "timeout", "5"])
-            .args(["tcpdump", "-i", "eth0", "-e", "-n", "-c", "1", "-l"])
+        let capture = p
+            .guest
+            .command("timeout")
+            .args(["5", "tcpdump", "-i", "eth0", "-e", "-n", "-c", "1", "-l"])
             .args(["udp", "and", "src", "port", "7600"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -5,17 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{accept, connect, exchange, listen, refused, udp, Topology, GUEST_IP, PEER_IP};
+use common::{
+    accept, connect, exchange, listen, nat_port, talk_and_bulk, udp_ping_pong, Topology, GUEST_IP,
+    PEER_IP, PING_WAIT,
+};
 use virtlink_xdp::common::{Counter, IPPROTO_TCP};
-use virtlink_xdp::nat::{Forward, DEFAULT_NAT_PORTS};
-
-fn nat_port(p: u16) -> bool {
-    (DEFAULT_NAT_PORTS.0..=DEFAULT_NAT_PORTS.1).contains(&p)
-}
+use virtlink_xdp::nat::Forward;
 
 #[test]
 fn tcp_udp_icmp_are_translated() -> Result<()> {
@@ -25,7 +24,10 @@ fn tcp_udp_icmp_are_translated() -> Result<()> {
     let t = Topology::new(1)?;
     let p = &t.pods[0];
     // Without the NAT the pod does not forward: the guest reaches nothing.
-    assert!(!p.guest.ping(PEER_IP, &[]), "pod forwards without NAT");
+    assert!(
+        !p.guest.ping(PEER_IP, 1, PING_WAIT, &[]),
+        "pod forwards without NAT"
+    );
     t.attach(0, t.spec(0, Forward::All))?;
 
     // TCP, both ways, with a large transfer (checksums of full segments).
@@ -38,40 +40,21 @@ fn tcp_udp_icmp_are_translated() -> Result<()> {
         "source port {} from the NAT range",
         from.port()
     );
-    exchange(&mut c, &mut s, b"hello world")?;
-    exchange(&mut s, &mut c, b"hello guest")?;
-    let big = vec![0x5au8; 4 << 20];
-    let writer = {
-        let mut c2 = c.try_clone()?;
-        let big = big.clone();
-        std::thread::spawn(move || c2.write_all(&big))
-    };
-    let mut got = vec![0u8; big.len()];
-    s.read_exact(&mut got)?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    assert!(got == big, "bulk data corrupted");
+    talk_and_bulk(&mut c, &mut s)?;
 
     // UDP both ways.
-    let server = udp(&t.peer, &format!("{PEER_IP}:7001"))?;
-    let client = udp(&p.guest, "0.0.0.0:0")?;
-    client.send_to(b"ping", format!("{PEER_IP}:7001"))?;
-    let mut buf = [0u8; 16];
-    let (n, from) = server.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"ping");
+    let from = udp_ping_pong(&t.peer, &p.guest, &format!("{PEER_IP}:7001"))?;
     assert_eq!(from.ip().to_string(), p.pod_ip);
     assert!(nat_port(from.port()));
-    server.send_to(b"pong", from)?;
-    let (n, back) = client.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"pong");
-    assert_eq!(back.to_string(), format!("{PEER_IP}:7001"));
 
     // ICMP echo.
-    assert!(p.guest.ping(PEER_IP, &[]), "ping through the NAT");
+    assert!(
+        p.guest.ping(PEER_IP, 1, PING_WAIT, &[]),
+        "ping through the NAT"
+    );
 
     // The pod's own traffic is untouched.
-    assert!(p.pod.ping(PEER_IP, &[]));
+    assert!(p.pod.ping(PEER_IP, 1, PING_WAIT, &[]));
     let l2 = listen(&t.peer, &format!("{PEER_IP}:7002"))?;
     let _own = connect(&p.pod, &format!("{PEER_IP}:7002"), None)?;
     let (_s2, own_from) = accept(&l2)?;
@@ -147,34 +130,11 @@ fn conntrack_entries_expire() -> Result<()> {
         return Ok(());
     }
     let t = Topology::new(1)?;
-    let p = &t.pods[0];
     let mut spec = t.spec(0, Forward::Ports(vec![]));
     spec.timeouts.udp = 1;
     t.attach(0, spec)?;
-    let server = udp(&t.peer, &format!("{PEER_IP}:7200"))?;
-    let client = udp(&p.guest, "0.0.0.0:0")?;
-    client.send_to(b"one", format!("{PEER_IP}:7200"))?;
-    let mut buf = [0u8; 16];
-    let (_, from) = server.recv_from(&mut buf)?;
-    // A reply in time gets through.
-    server.send_to(b"reply", from)?;
-    let (n, _) = client.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"reply");
-    let pinned = t.pinned(0)?;
-    assert_eq!(pinned.conntrack()?.len(), 2);
-
-    std::thread::sleep(Duration::from_millis(2500));
-    // After the timeout, the mapping is gone: a late reply does not reach the
-    // guest (the pod's stack gets it and has no such socket).
-    server.send_to(b"late", from)?;
-    client.set_read_timeout(Some(Duration::from_millis(700)))?;
-    assert!(
-        client.recv_from(&mut buf).is_err(),
-        "late reply got through"
-    );
-    assert!(pinned.counter(Counter::CtExpired)? >= 1);
-    assert_eq!(pinned.gc()?, 2, "both directions expired");
-    assert!(pinned.conntrack()?.is_empty());
+    common::udp_mapping_expires(&t, &format!("{PEER_IP}:7200"))?;
+    assert!(t.pinned(0)?.conntrack()?.is_empty());
     Ok(())
 }
 
@@ -244,7 +204,7 @@ fn reattach_keeps_open_connection() -> Result<()> {
 
 /// Program ids attached with tcx on the pod's eth0 and tap0 ingress.
 fn tcx_ids(p: &common::PodNs) -> Result<Vec<u32>> {
-    p.pod.run(|| -> Result<Vec<u32>> {
+    p.pod.enter(|| -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for iface in ["eth0", "tap0"] {
             for at in [
@@ -269,7 +229,7 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
     let t = Topology::new(1)?;
     let p = &t.pods[0];
     t.attach(0, t.spec(0, Forward::All))?;
-    assert!(p.guest.ping(PEER_IP, &[]));
+    assert!(p.guest.ping(PEER_IP, 1, PING_WAIT, &[]));
     assert_eq!(tcx_ids(p)?.len(), 2);
     let mut maps = Vec::new();
     for entry in std::fs::read_dir(&p.pin_dir)? {
@@ -285,7 +245,7 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
         }
     }
     assert_eq!(maps.len(), 5, "pinned maps: {maps:?}");
-    p.pod.run({
+    p.pod.enter({
         let dir = p.pin_dir.clone();
         move || virtlink_xdp::nat::detach(&dir)
     })??;
@@ -313,7 +273,10 @@ fn detach_leaves_no_program_pin_or_map() -> Result<()> {
         assert!(std::time::Instant::now() < deadline, "maps left: {alive:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!p.guest.ping(PEER_IP, &[]), "guest still reaches out");
+    assert!(
+        !p.guest.ping(PEER_IP, 1, PING_WAIT, &[]),
+        "guest still reaches out"
+    );
     // Detaching twice is fine.
     virtlink_xdp::nat::detach(&p.pin_dir)?;
     Ok(())
@@ -327,17 +290,17 @@ fn spoofed_mac_and_ip_are_dropped_and_counted() -> Result<()> {
     let t = Topology::new(1)?;
     let p = &t.pods[0];
     t.attach(0, t.spec(0, Forward::All))?;
-    assert!(p.guest.ping(PEER_IP, &[]));
+    assert!(p.guest.ping(PEER_IP, 1, PING_WAIT, &[]));
     let pinned = t.pinned(0)?;
     // A second address on the guest: traffic from it is dropped.
     p.guest
         .ip(&["addr", "add", "10.0.2.99/24", "dev", "eth0"])?;
-    assert!(!p.guest.ping(PEER_IP, &["-I", "10.0.2.99"]));
+    assert!(!p.guest.ping(PEER_IP, 1, PING_WAIT, &["-I", "10.0.2.99"]));
     assert!(pinned.counter(Counter::DropSpoofIp)? >= 1);
     // Another MAC: everything is dropped, even towards the gateway.
     p.guest
         .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:66"])?;
-    assert!(!p.guest.ping(PEER_IP, &[]));
+    assert!(!p.guest.ping(PEER_IP, 1, PING_WAIT, &[]));
     assert!(pinned.counter(Counter::DropSpoofMac)? >= 1);
     Ok(())
 }
@@ -348,24 +311,8 @@ fn icmp_errors_are_translated_both_ways() -> Result<()> {
         return Ok(());
     }
     let t = Topology::new(1)?;
-    let p = &t.pods[0];
     t.attach(0, t.spec(0, Forward::All))?;
-    // The world answers the guest's UDP to a closed port with "port
-    // unreachable" to the pod IP and NAT port; the guest's socket must see it.
-    let guest_sock = udp(&p.guest, "0.0.0.0:0")?;
-    guest_sock.connect(format!("{PEER_IP}:7999"))?;
-    guest_sock.send(b"anyone?")?;
-    assert!(refused(&guest_sock), "the guest did not get the ICMP error");
-    // The guest answers UDP to a forwarded port it does not listen on; the
-    // client in the world must see the error.
-    let client = udp(&t.peer, &format!("{PEER_IP}:0"))?;
-    client.connect(format!("{}:8999", p.pod_ip))?;
-    client.send(b"hello guest")?;
-    assert!(
-        refused(&client),
-        "the client did not get the guest's ICMP error"
-    );
-    Ok(())
+    common::icmp_errors_both_ways(&t, PEER_IP, &t.pods[0].pod_ip)
 }
 
 #[test]
@@ -538,6 +485,6 @@ fn stale_pins_of_another_layout_are_replaced() -> Result<()> {
         aya::maps::MapInfo::from_pin(&old)?.value_size() as usize,
         std::mem::size_of::<virtlink_xdp::common::NatConfig>()
     );
-    assert!(p.guest.ping(PEER_IP, &[]));
+    assert!(p.guest.ping(PEER_IP, 1, PING_WAIT, &[]));
     Ok(())
 }

@@ -5,20 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Result;
 use common::{
-    accept, connect, exchange, listen, refused, sock, udp, Topology, GUEST_IP6, PEER_IP, PEER_IP6,
+    accept, connect, exchange, listen, nat_port, sock, talk_and_bulk, udp, udp_ping_pong, Topology,
+    GUEST_IP6, PEER_IP, PEER_IP6, PING_WAIT,
 };
 use virtlink_xdp::common::{Counter, IPPROTO_TCP};
-use virtlink_xdp::nat::{Forward, DEFAULT_NAT_PORTS};
-
-fn nat_port(p: u16) -> bool {
-    (DEFAULT_NAT_PORTS.0..=DEFAULT_NAT_PORTS.1).contains(&p)
-}
+use virtlink_xdp::nat::Forward;
 
 #[test]
 fn tcp_udp_icmpv6_are_translated() -> Result<()> {
@@ -29,13 +25,13 @@ fn tcp_udp_icmpv6_are_translated() -> Result<()> {
     let p = &t.pods[0];
     // The pod does not forward IPv6: without the NAT nothing gets through.
     assert!(
-        !p.guest.ping(PEER_IP6, &["-6"]),
+        !p.guest.ping(PEER_IP6, 1, PING_WAIT, &["-6"]),
         "pod forwards IPv6 without NAT"
     );
     // IPv4 only: IPv6 still passes untouched (and goes nowhere).
     t.attach(0, t.spec(0, Forward::All))?;
     assert!(
-        !p.guest.ping(PEER_IP6, &["-6"]),
+        !p.guest.ping(PEER_IP6, 1, PING_WAIT, &["-6"]),
         "IPv6 translated without ipv6"
     );
     t.attach(0, t.spec6(0, Forward::All))?;
@@ -50,40 +46,24 @@ fn tcp_udp_icmpv6_are_translated() -> Result<()> {
         "source port {} from the NAT range",
         from.port()
     );
-    exchange(&mut c, &mut s, b"hello world")?;
-    exchange(&mut s, &mut c, b"hello guest")?;
-    let big = vec![0xa5u8; 4 << 20];
-    let writer = {
-        let mut c2 = c.try_clone()?;
-        let big = big.clone();
-        std::thread::spawn(move || c2.write_all(&big))
-    };
-    let mut got = vec![0u8; big.len()];
-    s.read_exact(&mut got)?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    assert!(got == big, "bulk data corrupted");
+    talk_and_bulk(&mut c, &mut s)?;
 
     // UDP both ways.
-    let server = udp(&t.peer, &sock(PEER_IP6, 7001))?;
-    let client = udp(&p.guest, "[::]:0")?;
-    client.send_to(b"ping", sock(PEER_IP6, 7001))?;
-    let mut buf = [0u8; 16];
-    let (n, from) = server.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"ping");
+    let from = udp_ping_pong(&t.peer, &p.guest, &sock(PEER_IP6, 7001))?;
     assert_eq!(from.ip().to_string(), p.pod_ip6);
     assert!(nat_port(from.port()));
-    server.send_to(b"pong", from)?;
-    let (n, back) = client.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"pong");
-    assert_eq!(back.ip().to_string(), PEER_IP6);
 
     // ICMPv6 echo; IPv4 still works beside it.
-    assert!(p.guest.ping(PEER_IP6, &["-6"]), "ping6 through the NAT");
-    assert!(p.guest.ping(PEER_IP, &[]), "ping (IPv4) through the NAT");
+    assert!(
+        p.guest.ping(PEER_IP6, 1, PING_WAIT, &["-6"]),
+        "ping6 through the NAT"
+    );
+    assert!(
+        p.guest.ping(PEER_IP, 1, PING_WAIT, &[]),
+        "ping (IPv4) through the NAT"
+    );
     // The pod's own IPv6 traffic is untouched.
-    assert!(p.pod.ping(PEER_IP6, &["-6"]));
+    assert!(p.pod.ping(PEER_IP6, 1, PING_WAIT, &["-6"]));
 
     let pinned = t.pinned(0)?;
     assert!(pinned.counter(Counter::OutPackets6)? > 10);
@@ -114,26 +94,8 @@ fn icmpv6_errors_are_translated_both_ways() -> Result<()> {
         return Ok(());
     }
     let t = Topology::new(1)?;
-    let p = &t.pods[0];
     t.attach(0, t.spec6(0, Forward::All))?;
-    // The world answers UDP to a closed port with "port unreachable" to the
-    // pod's address and NAT port; the guest's socket must see it.
-    let guest_sock = udp(&p.guest, "[::]:0")?;
-    guest_sock.connect(sock(PEER_IP6, 7999))?;
-    guest_sock.send(b"anyone?")?;
-    assert!(
-        refused(&guest_sock),
-        "the guest did not get the ICMPv6 error"
-    );
-    // The guest answers UDP to a forwarded port it does not listen on; the
-    // client in the world must see the guest's error.
-    let client = udp(&t.peer, &sock(PEER_IP6, 0))?;
-    client.connect(sock(&p.pod_ip6, 8999))?;
-    client.send(b"hello guest")?;
-    assert!(
-        refused(&client),
-        "the client did not get the guest's ICMPv6 error"
-    );
+    common::icmp_errors_both_ways(&t, PEER_IP6, &t.pods[0].pod_ip6)?;
     let pinned = t.pinned(0)?;
     assert!(pinned.counter(Counter::InPackets6)? >= 2);
     assert_eq!(pinned.counter(Counter::DropError)?, 0);
@@ -169,30 +131,10 @@ fn conntrack_v6_entries_expire() -> Result<()> {
         return Ok(());
     }
     let t = Topology::new(1)?;
-    let p = &t.pods[0];
     let mut spec = t.spec6(0, Forward::Ports(vec![]));
     spec.timeouts.udp = 1;
     t.attach(0, spec)?;
-    let server = udp(&t.peer, &sock(PEER_IP6, 7200))?;
-    let client = udp(&p.guest, "[::]:0")?;
-    client.send_to(b"one", sock(PEER_IP6, 7200))?;
-    let mut buf = [0u8; 16];
-    let (_, from) = server.recv_from(&mut buf)?;
-    server.send_to(b"reply", from)?;
-    let (n, _) = client.recv_from(&mut buf)?;
-    assert_eq!(&buf[..n], b"reply");
-    let pinned = t.pinned(0)?;
-    assert_eq!(pinned.conntrack()?.len(), 2);
-    std::thread::sleep(Duration::from_millis(2500));
-    server.send_to(b"late", from)?;
-    client.set_read_timeout(Some(Duration::from_millis(700)))?;
-    assert!(
-        client.recv_from(&mut buf).is_err(),
-        "late reply got through"
-    );
-    assert!(pinned.counter(Counter::CtExpired)? >= 1);
-    assert_eq!(pinned.gc()?, 2, "both directions expired");
-    Ok(())
+    common::udp_mapping_expires(&t, &sock(PEER_IP6, 7200))
 }
 
 #[test]
@@ -238,15 +180,20 @@ fn spoofed_ipv6_source_is_dropped_and_counted() -> Result<()> {
     t.attach(0, t.spec6(0, Forward::All))?;
     // Neighbour discovery (link-local sources) keeps working: the gateway
     // answers, and the NAT carries the guest's own address.
-    assert!(p.guest.ping("fd10:0:2::1", &["-6"]), "gateway unreachable");
-    assert!(p.guest.ping(PEER_IP6, &["-6"]));
+    assert!(
+        p.guest.ping("fd10:0:2::1", 1, PING_WAIT, &["-6"]),
+        "gateway unreachable"
+    );
+    assert!(p.guest.ping(PEER_IP6, 1, PING_WAIT, &["-6"]));
     let pinned = t.pinned(0)?;
     assert_eq!(pinned.counter(Counter::DropSpoofIp)?, 0);
     p.guest
         .ip(&["addr", "add", "fd10:0:2::99/120", "dev", "eth0", "nodad"])?;
-    assert!(!p.guest.ping(PEER_IP6, &["-6", "-I", "fd10:0:2::99"]));
+    assert!(!p
+        .guest
+        .ping(PEER_IP6, 1, PING_WAIT, &["-6", "-I", "fd10:0:2::99"]));
     let l = listen(&t.peer, &sock(PEER_IP6, 7300))?;
-    let forged = p.guest.run({
+    let forged = p.guest.enter({
         let dst = sock(PEER_IP6, 7300);
         move || -> Result<()> {
             let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
@@ -371,7 +318,7 @@ fn packet_too_big_reaches_the_guest() -> Result<()> {
     msg.extend_from_slice(&9u16.to_be_bytes());
     msg.extend_from_slice(&[0, 0, b'x']);
     let to: std::net::SocketAddr = sock(&p.pod_ip6, 0).parse()?;
-    t.peer.run(move || -> Result<()> {
+    t.peer.enter(move || -> Result<()> {
         let raw = socket2::Socket::new(
             socket2::Domain::IPV6,
             socket2::Type::from(nix::libc::SOCK_RAW),

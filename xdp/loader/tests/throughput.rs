@@ -11,17 +11,10 @@ use virtlink_xdp::nat::Forward;
 
 fn iperf(t: &Topology, extra: &[&str]) -> Result<f64> {
     let p = &t.pods[0];
-    let server = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.peer.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            PEER_IP,
-        ])
+    let server = t
+        .peer
+        .command("iperf3")
+        .args(["-s", "-1", "-B", PEER_IP])
         .stdout(std::process::Stdio::null())
         .spawn()?;
     std::thread::sleep(std::time::Duration::from_millis(500));

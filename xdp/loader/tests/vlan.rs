@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{veth, Ns};
+use common::{veth, Netns, PING_WAIT};
 use virtlink_xdp::vlan::attach_vlan;
 
 #[test]
@@ -15,31 +15,32 @@ fn same_vlan_talks_other_vlan_does_not_and_frames_carry_the_tag() -> Result<()> 
     if !common::require_root() {
         return Ok(());
     }
-    let wire = Ns::new("xvw")?;
+    let wire = Netns::with_prefix("xvw")?;
     wire.ip(&["link", "add", "br0", "type", "bridge"])?;
     wire.ip(&["link", "set", "br0", "up"])?;
     let mut hosts = Vec::new();
     for (i, vid) in [(1u8, 100u16), (2, 100), (3, 200)] {
-        let ns = Ns::new("xvh")?;
+        let ns = Netns::with_prefix("xvh")?;
         let port = format!("w{i}");
         veth(&wire, &port, &ns, "eth0")?;
         wire.ip(&["link", "set", &port, "master", "br0"])?;
         ns.ip(&["addr", "add", &format!("192.168.50.{i}/24"), "dev", "eth0"])?;
-        let vlan = ns.run(move || attach_vlan("eth0", vid))??;
+        let vlan = ns.enter(move || attach_vlan("eth0", vid))??;
         hosts.push((ns, vlan));
     }
     let (a, b, c) = (&hosts[0].0, &hosts[1].0, &hosts[2].0);
 
     // Capture on a's bridge port while a pings b.
-    let dump = Command::new("ip")
-        .args(["netns", "exec", &wire.name, "timeout", "5", "tcpdump"])
+    let dump = wire
+        .command("timeout")
+        .args(["5", "tcpdump"])
         .args(["-i", "w1", "-e", "-nn", "-c", "2", "vlan", "and", "icmp"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("run tcpdump")?;
     std::thread::sleep(Duration::from_millis(700));
-    let same = a.ping("192.168.50.2", &[]);
+    let same = a.ping("192.168.50.2", 1, PING_WAIT, &[]);
     let out = dump.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(same, "same VLAN: no answer");
@@ -48,14 +49,20 @@ fn same_vlan_talks_other_vlan_does_not_and_frames_carry_the_tag() -> Result<()> 
         "no 802.1Q tag on the wire: {text}"
     );
 
-    assert!(!a.ping("192.168.50.3", &[]), "VLAN 100 reached VLAN 200");
-    assert!(!c.ping("192.168.50.2", &[]), "VLAN 200 reached VLAN 100");
-    assert!(b.ping("192.168.50.1", &[]));
+    assert!(
+        !a.ping("192.168.50.3", 1, PING_WAIT, &[]),
+        "VLAN 100 reached VLAN 200"
+    );
+    assert!(
+        !c.ping("192.168.50.2", 1, PING_WAIT, &[]),
+        "VLAN 200 reached VLAN 100"
+    );
+    assert!(b.ping("192.168.50.1", 1, PING_WAIT, &[]));
 
     // Dropping the handles detaches: untagged frames flow between a and c.
-    let (namespaces, vlans): (Vec<Ns>, Vec<_>) = hosts.into_iter().unzip();
+    let (namespaces, vlans): (Vec<Netns>, Vec<_>) = hosts.into_iter().unzip();
     drop(vlans);
-    assert!(namespaces[0].ping("192.168.50.3", &[]));
+    assert!(namespaces[0].ping("192.168.50.3", 1, PING_WAIT, &[]));
     Ok(())
 }
 

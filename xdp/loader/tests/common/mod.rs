@@ -1,25 +1,17 @@
-//! Helpers for the eBPF datapath tests: namespaces, veths and a bpffs mount,
-//! all removed on drop (also when a test fails).
+//! Helpers for the eBPF datapath tests: a bpffs mount and the NAT topology,
+//! removed on drop (also when a test fails), on top of vm-tests' namespace
+//! fixtures.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use virtlink_xdp::common::Counter;
 use virtlink_xdp::nat::{self, Addrs, Forward, NatSpec, Timeouts, DEFAULT_NAT_PORTS};
-
-pub fn require_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED: needs root (CAP_NET_ADMIN, CAP_BPF) for namespaces and eBPF");
-        false
-    }
-}
+pub use vm_tests::netns::{require_root, veth, Netns};
 
 /// The ids of every BPF map in the kernel, read with `BPF_MAP_GET_NEXT_ID`
 /// without opening any map. A leak check must not open maps by id (what
@@ -52,96 +44,6 @@ pub fn kernel_map_ids() -> Vec<u32> {
         ids.push(start);
     }
     ids
-}
-
-/// A unique short name: `<prefix><pid><n>`, at most 15 bytes.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let mut s = format!(
-        "{prefix}{}{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    s.truncate(15);
-    s
-}
-
-/// A named network namespace deleted on drop.
-pub struct Ns {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-impl Ns {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let name = unique(prefix);
-        let path = netattach::netns::create(&name).with_context(|| format!("create {name}"))?;
-        let ns = Ns { name, path };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .with_context(|| format!("run {program}"))?;
-        if !out.status.success() {
-            bail!(
-                "{program} {args:?} in {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        self.exec("ip", args)
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(|_| ())
-    }
-
-    /// Runs `f` on a thread inside this namespace (sockets made there stay
-    /// there).
-    pub fn run<F, T>(&self, f: F) -> Result<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        Ok(netattach::netns::run_in(&self.path, f)?)
-    }
-
-    /// `ping -c 1` to `dst`; true when answered.
-    pub fn ping(&self, dst: &str, extra: &[&str]) -> bool {
-        let mut args = vec!["-c", "1", "-W", "2"];
-        args.extend_from_slice(extra);
-        args.push(dst);
-        self.exec("ping", &args).is_ok()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netattach::netns::delete(&self.name);
-    }
-}
-
-/// A veth pair `a` (in `ns_a`) -- `b` (in `ns_b`), both up.
-pub fn veth(ns_a: &Ns, a: &str, ns_b: &Ns, b: &str) -> Result<()> {
-    let tmp = unique("vt");
-    ns_a.ip(&[
-        "link", "add", a, "type", "veth", "peer", "name", &tmp, "netns", &ns_b.name,
-    ])?;
-    ns_b.ip(&["link", "set", &tmp, "name", b])?;
-    ns_a.ip(&["link", "set", a, "up"])?;
-    ns_b.ip(&["link", "set", b, "up"])?;
-    Ok(())
 }
 
 /// A bpffs mounted on a temp dir, unmounted on drop.
@@ -182,14 +84,14 @@ pub const GUEST_MAC_STR: &str = "02:00:00:00:00:02";
 /// peer through a bridge. Everything is undone on drop: NAT pins first,
 /// then the bpffs mount, then the namespaces.
 pub struct Topology {
-    pub peer: Ns,
+    pub peer: Netns,
     pub pods: Vec<PodNs>,
     pub bpffs: Bpffs,
 }
 
 pub struct PodNs {
-    pub pod: Ns,
-    pub guest: Ns,
+    pub pod: Netns,
+    pub guest: Netns,
     pub pod_ip: String,
     pub pod_ip6: String,
     pub pin_dir: PathBuf,
@@ -198,7 +100,7 @@ pub struct PodNs {
 impl Topology {
     pub fn new(pods: usize) -> Result<Self> {
         let bpffs = Bpffs::new()?;
-        let peer = Ns::new("xpe")?;
+        let peer = Netns::with_prefix("xpe")?;
         peer.ip(&["link", "add", "br0", "type", "bridge"])?;
         peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "br0"])?;
         peer.ip(&[
@@ -216,8 +118,8 @@ impl Topology {
             bpffs,
         };
         for i in 0..pods {
-            let pod = Ns::new("xpo")?;
-            let guest = Ns::new("xgu")?;
+            let pod = Netns::with_prefix("xpo")?;
+            let guest = Netns::with_prefix("xgu")?;
             let pod_ip = format!("10.99.0.{}", 5 + i);
             let pod_ip6 = format!("fd99::{}", 5 + i);
             let port = format!("p{i}");
@@ -258,7 +160,7 @@ impl Topology {
                 "nodad",
             ])?;
             guest.ip(&["-6", "route", "add", "default", "via", GATEWAY_IP6])?;
-            let pin_dir = virtlink_xdp::bpffs::pod_dir(t.bpffs.path(), &pod.name);
+            let pin_dir = virtlink_xdp::bpffs::pod_dir(t.bpffs.path(), pod.name());
             t.pods.push(PodNs {
                 pod,
                 guest,
@@ -308,7 +210,7 @@ impl Topology {
 
     /// Attaches the NAT in pod `i`'s namespace.
     pub fn attach(&self, i: usize, spec: NatSpec) -> Result<nat::Attached> {
-        Ok(self.pods[i].pod.run(move || nat::attach(&spec))??)
+        Ok(self.pods[i].pod.enter(move || nat::attach(&spec))??)
     }
 
     pub fn pinned(&self, i: usize) -> Result<nat::Pinned> {
@@ -326,6 +228,9 @@ impl Drop for Topology {
 
 pub const T: Duration = Duration::from_secs(3);
 
+/// How long a ping waits for its reply (`ping -W`).
+pub const PING_WAIT: Duration = Duration::from_secs(2);
+
 /// `[addr]:port` for IPv6 addresses, `addr:port` otherwise.
 pub fn sock(addr: &str, port: u16) -> String {
     if addr.contains(':') {
@@ -336,16 +241,16 @@ pub fn sock(addr: &str, port: u16) -> String {
 }
 
 /// A TCP listener in `ns` on `addr`.
-pub fn listen(ns: &Ns, addr: &str) -> Result<TcpListener> {
+pub fn listen(ns: &Netns, addr: &str) -> Result<TcpListener> {
     let addr: SocketAddr = addr.parse()?;
-    let l = ns.run(move || TcpListener::bind(addr))??;
+    let l = ns.enter(move || TcpListener::bind(addr))??;
     Ok(l)
 }
 
 /// Connects from `ns` (optionally from a fixed source port).
-pub fn connect(ns: &Ns, dst: &str, src_port: Option<u16>) -> Result<TcpStream> {
+pub fn connect(ns: &Netns, dst: &str, src_port: Option<u16>) -> Result<TcpStream> {
     let dst: SocketAddr = dst.parse()?;
-    let s = ns.run(move || -> std::io::Result<TcpStream> {
+    let s = ns.enter(move || -> std::io::Result<TcpStream> {
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(dst),
             socket2::Type::STREAM,
@@ -399,9 +304,9 @@ pub fn exchange(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) -> Result<()> 
 }
 
 /// A UDP socket in `ns` bound to `bind`.
-pub fn udp(ns: &Ns, bind: &str) -> Result<UdpSocket> {
+pub fn udp(ns: &Netns, bind: &str) -> Result<UdpSocket> {
     let addr: SocketAddr = bind.parse()?;
-    let s = ns.run(move || UdpSocket::bind(addr))??;
+    let s = ns.enter(move || UdpSocket::bind(addr))??;
     s.set_read_timeout(Some(T))?;
     Ok(s)
 }
@@ -413,4 +318,112 @@ pub fn refused(sock: &UdpSocket) -> bool {
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
         Ok(_) => false,
     }
+}
+
+/// Whether `port` is in the NAT's default port range.
+pub fn nat_port(port: u16) -> bool {
+    (DEFAULT_NAT_PORTS.0..=DEFAULT_NAT_PORTS.1).contains(&port)
+}
+
+/// Any address and port of `addr`'s family: `[::]:0` or `0.0.0.0:0`.
+fn any_like(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+}
+
+/// Greetings both ways over a connected pair, then 4 MiB from `c` to `s`
+/// (full segments, so their checksums are checked end to end).
+pub fn talk_and_bulk(c: &mut TcpStream, s: &mut TcpStream) -> Result<()> {
+    exchange(c, s, b"hello world")?;
+    exchange(s, c, b"hello guest")?;
+    let big = vec![0x5au8; 4 << 20];
+    let writer = {
+        let mut c2 = c.try_clone()?;
+        let big = big.clone();
+        std::thread::spawn(move || c2.write_all(&big))
+    };
+    let mut got = vec![0u8; big.len()];
+    s.read_exact(&mut got)?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    anyhow::ensure!(got == big, "bulk data corrupted");
+    Ok(())
+}
+
+/// A UDP "ping" from a socket in `client_ns` to a server in `server_ns` at
+/// `server` (`addr:port`) and a "pong" back, which must come from `server`.
+/// Returns the source the server saw (the translated one, behind a NAT).
+pub fn udp_ping_pong(server_ns: &Netns, client_ns: &Netns, server: &str) -> Result<SocketAddr> {
+    let to: SocketAddr = server.parse()?;
+    let listener = udp(server_ns, server)?;
+    let client = udp(client_ns, any_like(to))?;
+    client.send_to(b"ping", to)?;
+    let mut buf = [0u8; 16];
+    let (n, from) = listener.recv_from(&mut buf)?;
+    anyhow::ensure!(&buf[..n] == b"ping", "server got {:?}", &buf[..n]);
+    listener.send_to(b"pong", from)?;
+    let (n, back) = client.recv_from(&mut buf)?;
+    anyhow::ensure!(&buf[..n] == b"pong", "client got {:?}", &buf[..n]);
+    anyhow::ensure!(
+        (back.ip(), back.port()) == (to.ip(), to.port()),
+        "pong from {back}, not {to}"
+    );
+    Ok(from)
+}
+
+/// With pod 0's NAT attached with a 1 s UDP timeout: a guest's UDP flow to
+/// `server` (on the peer) gets a mapping both ways and a reply in time; after
+/// the timeout a late reply no longer reaches the guest (the pod's stack
+/// gets it and has no such socket), and GC removes both directions.
+pub fn udp_mapping_expires(t: &Topology, server: &str) -> Result<()> {
+    let listener = udp(&t.peer, server)?;
+    let client = udp(&t.pods[0].guest, any_like(server.parse()?))?;
+    client.send_to(b"one", server)?;
+    let mut buf = [0u8; 16];
+    let (_, from) = listener.recv_from(&mut buf)?;
+    listener.send_to(b"reply", from)?;
+    let (n, _) = client.recv_from(&mut buf)?;
+    anyhow::ensure!(&buf[..n] == b"reply", "reply in time: got {:?}", &buf[..n]);
+    let pinned = t.pinned(0)?;
+    let ct = pinned.conntrack()?;
+    anyhow::ensure!(ct.len() == 2, "one mapping, both directions: {ct:?}");
+
+    std::thread::sleep(Duration::from_millis(2500));
+    listener.send_to(b"late", from)?;
+    client.set_read_timeout(Some(Duration::from_millis(700)))?;
+    anyhow::ensure!(
+        client.recv_from(&mut buf).is_err(),
+        "late reply got through"
+    );
+    anyhow::ensure!(
+        pinned.counter(Counter::CtExpired)? >= 1,
+        "no expiry counted"
+    );
+    anyhow::ensure!(pinned.gc()? == 2, "both directions expired");
+    Ok(())
+}
+
+/// ICMP errors cross pod 0's NAT both ways: the world answers the guest's
+/// UDP to a closed port on `peer_ip` with "port unreachable" to the pod's
+/// address and NAT port, which the guest's socket must see; the guest
+/// answers UDP to a forwarded port on `pod_ip` it does not listen on, which
+/// the client in the world must see.
+pub fn icmp_errors_both_ways(t: &Topology, peer_ip: &str, pod_ip: &str) -> Result<()> {
+    let closed: SocketAddr = sock(peer_ip, 7999).parse()?;
+    let guest_sock = udp(&t.pods[0].guest, any_like(closed))?;
+    guest_sock.connect(closed)?;
+    guest_sock.send(b"anyone?")?;
+    anyhow::ensure!(refused(&guest_sock), "the guest did not get the ICMP error");
+    let client = udp(&t.peer, &sock(peer_ip, 0))?;
+    client.connect(sock(pod_ip, 8999))?;
+    client.send(b"hello guest")?;
+    anyhow::ensure!(
+        refused(&client),
+        "the client did not get the guest's ICMP error"
+    );
+    Ok(())
 }
