@@ -25,13 +25,15 @@ fn flows_survive_a_restart_and_stale_endpoints_are_pruned() -> Result<()> {
     let p3 = node.pod(json!({"name": "red"}))?;
     assert!(p1.ping(&p3));
 
-    // A flow that runs across the whole restart: 60 pings, 50 ms apart.
-    let flow = p1
+    // A flow that runs across the whole restart: 160 pings, 50 ms apart
+    // (8 s), started now and still running when the agent is back.
+    let mut flow = p1
         .ns
         .command("ping")
-        .args(["-c", "60", "-i", "0.05", "-W", "1", "-q", &p2.ip])
-        .output();
-    let flow = std::thread::spawn(move || flow);
+        .args(["-c", "160", "-i", "0.05", "-W", "1", "-q", &p2.ip])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
 
     // The agent is down: no Node exists. Meanwhile p3 goes away (its
     // interface and its record), as a DEL from state alone would leave it.
@@ -71,7 +73,11 @@ fn flows_survive_a_restart_and_stale_endpoints_are_pruned() -> Result<()> {
     // A second resync changes nothing.
     assert_eq!(n.resync()?, Default::default());
 
-    let out = flow.join().map_err(|_| anyhow::anyhow!("flow thread"))??;
+    assert!(
+        flow.try_wait()?.is_none(),
+        "the flow ended before the agent was back: it did not span the restart"
+    );
+    let out = flow.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(" 0% packet loss"),
@@ -123,7 +129,8 @@ fn links_lost_while_down_are_reattached() -> Result<()> {
     // One resync attaches both again from one loaded program.
     let applied = node.open()?.resync()?;
     assert_eq!(applied.attached, 2, "{applied:?}");
-    assert!(p1.ping(&p2));
+    // (p1's neighbour entry for p2 failed above: allow its re-resolution.)
+    assert!((0..3).any(|_| p1.ping(&p2)), "no traffic after the resync");
     Ok(())
 }
 

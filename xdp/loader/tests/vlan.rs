@@ -62,7 +62,11 @@ fn same_vlan_talks_other_vlan_does_not_and_frames_carry_the_tag() -> Result<()> 
     // Dropping the handles detaches: untagged frames flow between a and c.
     let (namespaces, vlans): (Vec<Netns>, Vec<_>) = hosts.into_iter().unzip();
     drop(vlans);
-    assert!(namespaces[0].ping("192.168.50.3", 1, PING_WAIT, &[]));
+    // (a's neighbour entry for c failed above: allow its re-resolution.)
+    assert!(
+        (0..3).any(|_| namespaces[0].ping("192.168.50.3", 1, PING_WAIT, &[])),
+        "no untagged traffic after detach"
+    );
     Ok(())
 }
 
