@@ -105,12 +105,22 @@ fn stems(paths: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read(path).map_err(io("read", path))?;
-    serde_yaml::from_slice(&text).map_err(|source| Error::Decode {
+fn decode<T: serde::de::DeserializeOwned>(path: &Path, text: &[u8]) -> Result<T> {
+    serde_yaml::from_slice(text).map_err(|source| Error::Decode {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Reads a YAML object from a file just listed: `None` when it is gone since (its
+/// writer deleted it in between, as a node's last DEL or a withdrawn IPAM
+/// claim does), which is what a read a moment later would have listed.
+fn read_listed<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(text) => decode(path, &text).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", path)(e)),
+    }
 }
 
 /// Reads the `VirtualNetwork`s of `dir` (one object per file), each
@@ -118,7 +128,9 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 fn read_networks(dir: &Path) -> Result<Vec<Network>> {
     let mut out = Vec::new();
     for path in yaml_files(dir)? {
-        let vn: VirtualNetwork = read_yaml(&path)?;
+        let Some(vn) = read_listed::<VirtualNetwork>(&path)? else {
+            continue;
+        };
         let n = Network::from_object(&vn).map_err(|source| Error::Invalid {
             path: path.clone(),
             source,
@@ -219,8 +231,9 @@ impl ClusterDir {
         self.available()?;
         let mut out = Vec::new();
         for path in yaml_files(&self.root.join("slices").join(network))? {
-            let s: NetworkEndpointSlice = read_yaml(&path)?;
-            out.push(s.spec);
+            if let Some(s) = read_listed::<NetworkEndpointSlice>(&path)? {
+                out.push(s.spec);
+            }
         }
         Ok(out)
     }
@@ -242,8 +255,7 @@ impl ClusterDir {
         let mut out = Vec::new();
         for net in nets {
             let path = self.slice_path(&net, node);
-            if path.exists() {
-                let s: NetworkEndpointSlice = read_yaml(&path)?;
+            if let Some(s) = read_listed::<NetworkEndpointSlice>(&path)? {
                 out.push(s.spec);
             }
         }
