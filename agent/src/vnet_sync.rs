@@ -120,22 +120,9 @@ async fn watch_networks(ctx: Ctx, mut stop: watch::Receiver<bool>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut listed: Vec<VirtualNetwork> = Vec::new();
-    loop {
-        let event = tokio::select! {
-            _ = stop.changed() => return,
-            e = stream.next() => e,
-        };
-        let change = match event {
-            None => return,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "VirtualNetwork watch error (retrying; the mirror stays)");
-                continue;
-            }
-            Some(Ok(event)) => match fold(event, &mut listed) {
-                Some(change) => change,
-                None => continue,
-            },
-        };
+    while let Some(change) =
+        next_change(&mut stream, &mut stop, &mut listed, "VirtualNetwork").await
+    {
         let cluster = ctx.cluster();
         match blocking(move || change.write(&cluster)).await {
             Ok(()) => ctx.dirty.notify_one(),
@@ -160,6 +147,34 @@ impl<K> Change<K> {
             Change::All(list) => Change::All(list.into_iter().map(f).collect()),
             Change::Put(k) => Change::Put(f(k)),
             Change::Remove(k) => Change::Remove(f(k)),
+        }
+    }
+}
+
+/// The next change of a watch, `None` once stopped or ended. Watch errors
+/// are logged and skipped: the watcher retries with backoff, and the mirror
+/// keeps what it has meanwhile.
+async fn next_change<K, S>(
+    stream: &mut S,
+    stop: &mut watch::Receiver<bool>,
+    listed: &mut Vec<K>,
+    what: &str,
+) -> Option<Change<K>>
+where
+    S: futures_util::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Unpin,
+{
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return None,
+            e = stream.next() => e?,
+        };
+        match event {
+            Err(e) => tracing::warn!(error = %e, "{what} watch error (retrying; the mirror stays)"),
+            Ok(event) => {
+                if let Some(change) = fold(event, listed) {
+                    return Some(change);
+                }
+            }
         }
     }
 }
@@ -246,22 +261,9 @@ async fn watch_slices(ctx: Ctx, network: String, mut stop: watch::Receiver<bool>
     let stream = watcher(api, cfg).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut listed: Vec<NetworkEndpointSlice> = Vec::new();
-    loop {
-        let event = tokio::select! {
-            _ = stop.changed() => return,
-            e = stream.next() => e,
-        };
-        let change = match event {
-            None => return,
-            Some(Err(e)) => {
-                tracing::warn!(%network, error = %e, "slice watch error (retrying; the mirror stays)");
-                continue;
-            }
-            Some(Ok(event)) => match fold(event, &mut listed) {
-                Some(change) => change.map(|s| s.spec),
-                None => continue,
-            },
-        };
+    let what = format!("slices of {network}");
+    while let Some(change) = next_change(&mut stream, &mut stop, &mut listed, &what).await {
+        let change = change.map(|s| s.spec);
         let (cluster, me, net) = (ctx.cluster(), ctx.node.name.clone(), network.clone());
         match blocking(move || change.write(&cluster, &net, &me)).await {
             Ok(true) => ctx.dirty.notify_one(),
