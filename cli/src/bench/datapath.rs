@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ip, median, sh};
+use super::{ip, iperf3_json, iperf3_tcp_gbps, iperf3_udp_pps, median, parse_sockperf_avg, sh};
 use anyhow::{bail, Context, Result};
 
 const GUEST_IP: &str = "10.0.2.2";
@@ -375,10 +375,6 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
     Ok((total - idle, total))
 }
 
-fn json(text: &str) -> Result<serde_json::Value> {
-    serde_json::from_str(text).with_context(|| format!("iperf3 output: {text}"))
-}
-
 fn tcp(t: &Topology, seconds: u32) -> Result<(f64, f64)> {
     tcp_to(t, &t.target.to_string(), seconds)
 }
@@ -396,11 +392,7 @@ fn tcp_to(t: &Topology, target: &str, seconds: u32) -> Result<(f64, f64)> {
         "-J",
     ])?;
     let (b1, t1) = cpu_jiffies()?;
-    let v = json(&out)?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no sum_received in iperf3 output")?;
-    let gbps = bps / 1e9;
+    let gbps = iperf3_tcp_gbps(&iperf3_json(&out)?)?;
     let cores = 2.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
     Ok((gbps, cores / gbps.max(1e-9)))
 }
@@ -422,15 +414,11 @@ fn udp(t: &Topology, seconds: u32) -> Result<(f64, f64)> {
         &seconds.to_string(),
         "-J",
     ])?;
-    let v = json(&out)?;
-    let sum = &v["end"]["sum"];
-    let packets = sum["packets"].as_f64().context("no packets")?;
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let secs = sum["seconds"].as_f64().unwrap_or(f64::from(seconds));
+    let v = iperf3_json(&out)?;
     let cpu = v["end"]["cpu_utilization_percent"]["host_total"]
         .as_f64()
         .unwrap_or(0.0);
-    Ok(((packets - lost) / secs, cpu))
+    Ok((iperf3_udp_pps(&v, seconds)?, cpu))
 }
 
 fn rtt(t: &Topology, seconds: u32) -> Result<f64> {
@@ -450,17 +438,6 @@ fn rtt(t: &Topology, seconds: u32) -> Result<f64> {
         "--full-rtt",
     ])?;
     parse_sockperf_avg(&out).with_context(|| format!("sockperf output: {out}"))
-}
-
-/// `avg-rtt=21.034` (µs) from sockperf's summary (`avg-lat=` without
-/// `--full-rtt`).
-fn parse_sockperf_avg(text: &str) -> Option<f64> {
-    let at = text.find("avg-rtt=").or_else(|| text.find("avg-lat="))?;
-    let rest = &text[at + 8..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 fn pin(cpu: usize) {

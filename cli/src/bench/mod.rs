@@ -130,6 +130,41 @@ fn ip(ns: &str, args: &[&str]) -> Result<String> {
     sh(ns, &all)
 }
 
+/// iperf3's `-J` output.
+fn iperf3_json(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("iperf3 output: {text}"))
+}
+
+/// The received TCP throughput of an iperf3 run, in Gbit/s.
+fn iperf3_tcp_gbps(v: &serde_json::Value) -> Result<f64> {
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no sum_received in iperf3 output")?;
+    Ok(bps / 1e9)
+}
+
+/// The packets per second that arrived in an iperf3 UDP run of `seconds`.
+fn iperf3_udp_pps(v: &serde_json::Value, seconds: u32) -> Result<f64> {
+    let sum = &v["end"]["sum"];
+    let packets = sum["packets"]
+        .as_f64()
+        .context("no packets in iperf3 output")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64().unwrap_or(f64::from(seconds));
+    Ok((packets - lost) / secs)
+}
+
+/// `avg-rtt=21.034` (µs) from sockperf's summary (`avg-lat=` without
+/// `--full-rtt`).
+fn parse_sockperf_avg(text: &str) -> Option<f64> {
+    let at = text.find("avg-rtt=").or_else(|| text.find("avg-lat="))?;
+    let rest = &text[at + 8..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// The median (the mean of the middle two for an even count; NaN when empty).
 fn median(v: impl AsRef<[f64]>) -> f64 {
     let mut v = v.as_ref().to_vec();

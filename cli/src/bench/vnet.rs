@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{ip, median, sh};
+use super::{ip, iperf3_json, iperf3_tcp_gbps, iperf3_udp_pps, median, parse_sockperf_avg, sh};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use virtlink_vnet::model::{Network, VirtualNetworkSpec};
@@ -536,19 +536,11 @@ fn measure(t: &Topo, seconds: u32) -> Result<Sample> {
     let (target, secs) = (t.server_ip.to_string(), seconds.to_string());
     let port = IPERF_PORT.to_string();
     let out = t.client(&["iperf3", "-c", &target, "-p", &port, "-t", &secs, "-J"])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 TCP output")?;
-    let tcp_gbps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 TCP result")?
-        / 1e9;
+    let tcp_gbps = iperf3_tcp_gbps(&iperf3_json(&out)?)?;
     let out = t.client(&[
         "iperf3", "-c", &target, "-p", &port, "-u", "-l", "64", "-b", "0", "-t", &secs, "-J",
     ])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 UDP output")?;
-    let sum = &v["end"]["sum"];
-    let pps = (sum["packets"].as_f64().context("packets")?
-        - sum["lost_packets"].as_f64().unwrap_or(0.0))
-        / sum["seconds"].as_f64().unwrap_or(f64::from(seconds));
+    let pps = iperf3_udp_pps(&iperf3_json(&out)?, seconds)?;
     let sport = SOCKPERF_PORT.to_string();
     let out = t.client(&[
         "sockperf",
@@ -564,12 +556,7 @@ fn measure(t: &Topo, seconds: u32) -> Result<Sample> {
         &secs,
         "--full-rtt",
     ])?;
-    let at = out.find("avg-rtt=").context("sockperf output")?;
-    let rtt_us = out[at + 8..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()
-        .and_then(|s| s.parse().ok())
-        .context("sockperf avg-rtt")?;
+    let rtt_us = parse_sockperf_avg(&out).with_context(|| format!("sockperf output: {out}"))?;
     Ok(Sample {
         tcp_gbps,
         pps,
