@@ -199,17 +199,7 @@ impl Topo {
         let dir = tempfile::tempdir()?;
         let cluster = dir.path().join("cluster");
         std::fs::create_dir_all(&cluster)?;
-        let net = Network::from_spec(
-            "bench",
-            &VirtualNetworkSpec {
-                id: 1,
-                cidrs: vec!["10.60.0.0/16".parse()?],
-                gateway: None,
-                mtu: None,
-                tenant: String::new(),
-                egress: false,
-            },
-        )?;
+        let net = bench_network("bench", 1)?;
         virtlink_vnet::store::ClusterDir::new(&cluster).put_network(&net)?;
         let mut cfgs = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -302,17 +292,7 @@ impl Topo {
             let mut d = node.desired()?;
             if many {
                 for id in 2..=EXTRA_NETWORKS + 1 {
-                    let n = Network::from_spec(
-                        &format!("n{id}"),
-                        &VirtualNetworkSpec {
-                            id,
-                            cidrs: vec!["10.60.0.0/16".parse()?],
-                            gateway: None,
-                            mtu: None,
-                            tenant: String::new(),
-                            egress: false,
-                        },
-                    )?;
+                    let n = bench_network(&format!("n{id}"), id)?;
                     for host in [2u8, 3] {
                         d.remote.push(RemoteEndpoint {
                             net: id,
@@ -523,6 +503,22 @@ impl Topo {
         all.extend_from_slice(args);
         sh(&self.client, &all)
     }
+}
+
+/// A network of the benchmark: every one uses the same CIDR (tenants reuse
+/// addresses), only the name and id differ.
+fn bench_network(name: &str, id: u32) -> Result<Network> {
+    Ok(Network::from_spec(
+        name,
+        &VirtualNetworkSpec {
+            id,
+            cidrs: vec!["10.60.0.0/16".parse()?],
+            gateway: None,
+            mtu: None,
+            tenant: String::new(),
+            egress: false,
+        },
+    )?)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
